@@ -1,0 +1,239 @@
+"""Exact and near-duplicate images over the whole dataset: a global stage.
+
+Exact duplicates share the SHA-256 of their stored bytes. Near duplicates have 64-bit perceptual hashes
+(pHash) within ``max_hamming`` bits. Candidate pairs come from LSH bands of the hash: with
+``max_hamming + 1`` bands, two hashes within ``max_hamming`` bits agree exactly on at least one band
+(pigeonhole), so bucketing rows by (band, band value) finds every such pair; each candidate is then checked
+on the full 64 bits. Groups are the connected components of the pairs (union-find), one row is kept per
+group, so the result depends on neither the order nor the partitioning of the rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import numpy as np
+
+from filters.base import Batch, Params, Stage
+
+_HASH_BITS = 64
+_DCT_SIZE = 32
+_DCT_MATRIX: np.ndarray | None = None
+
+
+def _dct_matrix(n: int = _DCT_SIZE) -> np.ndarray:
+    """Orthonormal DCT-II matrix: ``D @ x`` is the DCT of a column vector ``x``."""
+    global _DCT_MATRIX
+    if _DCT_MATRIX is None:
+        k = np.arange(n)[:, None]
+        i = np.arange(n)[None, :]
+        d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+        d[0] /= np.sqrt(2.0)
+        _DCT_MATRIX = d
+    return _DCT_MATRIX
+
+
+def phash64(image: Any) -> int:
+    """64-bit DCT perceptual hash of an image (encoded bytes or a PIL image), as an unsigned int.
+
+    The reference pHash (phash.org ``ph_dct_imagehash``) without its mean filter: grayscale, resized to
+    32x32, 2-D DCT, the 8x8 block of lowest frequencies without the DC row and column (coefficients 1..8),
+    one bit per coefficient: above the block's median. JPEGs are decoded at a reduced scale
+    (``Image.draft``), which is many times faster and changes nothing at 32x32. A flat image (no AC energy)
+    hashes to 0. Bit 63 is coefficient (1, 1), bit 0 is (8, 8).
+    """
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(image)) if isinstance(image, bytes | bytearray | memoryview) else image
+    if img.format == "JPEG":
+        img.draft("L", (2 * _DCT_SIZE, 2 * _DCT_SIZE))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    gray = img.convert("L").resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.LANCZOS)
+    pixels = np.asarray(gray, dtype=np.float64)
+    d = _dct_matrix()
+    block = (d @ pixels @ d.T)[1:9, 1:9]
+    if np.abs(block).max() < 1e-6:
+        return 0
+    bits = (block > np.median(block)).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def to_int64(h: int) -> int:
+    """The 64 hash bits as a signed int64 (two's complement), as stored in the ``phash`` column."""
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits between two 64-bit hashes (signed or unsigned)."""
+    return ((a ^ b) & ((1 << 64) - 1)).bit_count()
+
+
+def lsh_bands(max_hamming: int) -> tuple[int, int]:
+    """``(n_bands, band_bits)`` that find every pair within ``max_hamming`` bits: ``max_hamming + 1`` bands
+    of ``64 // n_bands`` bits (8 bands of 8 bits for 7). Leftover high bits are not banded, which keeps the
+    pigeonhole guarantee; candidates are verified on all 64 bits."""
+    if not 0 <= max_hamming < _HASH_BITS // 2:
+        raise ValueError(f"max_hamming must be in [0, {_HASH_BITS // 2 - 1}], got {max_hamming}")
+    n_bands = max_hamming + 1
+    return n_bands, _HASH_BITS // n_bands
+
+
+def candidate_pairs(hashes: np.ndarray, max_hamming: int, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of rows whose hashes are within ``max_hamming`` bits, found through LSH bands.
+
+    ``hashes`` are int64 (or uint64) hash values. Returns ``(pairs, oversized)``: ``pairs`` an (k, 2) int64
+    array of row indices ``i < j``, sorted and unique; ``oversized`` per row the number of bands in which the
+    row's bucket held more than ``max_bucket`` rows. Such buckets are not searched, so a mass of identical or
+    blank images costs nothing and cannot chain everything into one group.
+    """
+    h = np.ascontiguousarray(hashes).astype(np.int64, copy=False).view(np.uint64)
+    n = len(h)
+    oversized = np.zeros(n, dtype=np.int64)
+    found: list[np.ndarray] = []
+    n_bands, band_bits = lsh_bands(max_hamming)
+    mask = np.uint64((1 << band_bits) - 1)
+    for band in range(n_bands):
+        keys = (h >> np.uint64(band * band_bits)) & mask
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        ends = np.r_[starts[1:], n]
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            size = e - s
+            if size < 2:
+                continue
+            members = order[s:e]
+            if size > max_bucket:
+                oversized[members] += 1
+                continue
+            found.append(_close_pairs(members, h[members], max_hamming))
+    if not found:
+        return np.empty((0, 2), dtype=np.int64), oversized
+    pairs = np.concatenate(found)
+    pairs = np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+    return pairs.astype(np.int64), oversized
+
+
+def _close_pairs(members: np.ndarray, h: np.ndarray, max_hamming: int, block: int = 1024) -> np.ndarray:
+    """All (i, j), i < j by row index, among ``members`` within ``max_hamming`` bits (vectorised, blockwise)."""
+    out = []
+    for a in range(0, len(members), block):
+        dist = np.bitwise_count(h[a : a + block, None] ^ h[None, :])
+        ii, jj = np.nonzero(dist <= max_hamming)
+        ri, rj = members[a + ii], members[jj]
+        keep = ri < rj
+        out.append(np.stack([ri[keep], rj[keep]], axis=1))
+    return np.concatenate(out) if out else np.empty((0, 2), dtype=np.int64)
+
+
+def connected_components(n: int, pairs: np.ndarray | list[tuple[int, int]]) -> np.ndarray:
+    """Component label per node 0..n-1 of the undirected graph ``pairs`` (union-find with path halving).
+    The label is the smallest node index in the component, so it does not depend on the pairs' order."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, j in np.asarray(pairs, dtype=np.int64).reshape(-1, 2).tolist():
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
+class Dedup(Stage):
+    """Drop exact and near-duplicate images across the whole dataset, keeping one row per group.
+
+    Score, per row, of its first image: ``sha256`` (hex digest of the bytes as stored) and ``phash`` (the
+    64-bit pHash of ``phash64`` as a signed int64; null for a row without images, which is never a
+    duplicate). Decision over the whole table (id, width, height, sha256, phash): rows are linked when
+    their SHA-256 is equal (``exact``) or their pHashes differ in at most ``max_hamming`` bits; a group is a
+    connected component of these links. The row kept per group has the largest ``width * height`` (after
+    EXIF rotation), then the smallest ``id``; every other row gets ``duplicate_of`` = the kept id and reason
+    ``exact_duplicate`` (same bytes as the kept row) or ``near_duplicate``. Rows whose pHash bucket held more
+    than ``max_bucket`` rows in at least half of the LSH bands get ``mass_duplicate`` and no group: blank or
+    flat images (pHash 0) and images replicated thousands of times ("photo no longer available"
+    placeholders), which would otherwise chain into one giant group and cost a quadratic search. A bucket is
+    oversized above ``max_bucket`` rows, or above four times the average bucket (rows / 2**band_bits) when
+    the dataset is so large that this is more, so ordinary buckets of a large dataset are still searched.
+
+    ``max_hamming`` default 10 (11 bands of 5 bits), measured on 15 dev photos: copies resized to 50% or
+    25%, re-encoded at JPEG quality 40 or 20, brightened or darkened 5-20% are within 4 bits; crops of 1% per
+    side within 6, 2% per side within 10; distinct photos (and their quadrants: 2,775 pairs) 18 bits or more
+    apart. pHashes have 32 bits set, so distances are even and 10 behaves as 11. The search compares about
+    ``n_bands * rows**2 / 2**(band_bits + 1)`` pairs: for millions of rows use ``max_hamming: 7`` (8-bit bands).
+    """
+
+    class Params(Params):
+        max_hamming: int = 10
+        max_bucket: int = 10_000
+        exact: bool = True
+
+    kind = "global"
+    batch_size = 64
+
+    def check(self) -> None:
+        lsh_bands(self.params.max_hamming)
+        if self.params.max_bucket < 2:
+            raise ValueError(f"max_bucket must be at least 2, got {self.params.max_bucket}")
+
+    def score(self, batch: Batch) -> Batch:
+        sha, ph = [], []
+        for images in batch["images"]:
+            if not images:
+                sha.append(None)
+                ph.append(None)
+                continue
+            first = bytes(images[0])
+            sha.append(hashlib.sha256(first).hexdigest())
+            ph.append(to_int64(phash64(first)))
+        return {"sha256": sha, "phash": ph}
+
+    def score_columns(self) -> list[str]:
+        return ["sha256", "phash"]
+
+    def decide_global(self, table: Batch) -> Batch:
+        p = self.params
+        ids = [str(i) for i in table["id"]]
+        n = len(ids)
+        rows = np.array([i for i, h in enumerate(table["phash"]) if h is not None], dtype=np.int64)
+        hashes = np.array([table["phash"][i] for i in rows], dtype=np.int64)
+        n_bands, band_bits = lsh_bands(p.max_hamming)
+        cap = max(p.max_bucket, 4 * len(rows) >> band_bits)
+        pairs, oversized = candidate_pairs(hashes, p.max_hamming, cap)
+        mass = np.zeros(n, dtype=bool)
+        mass[rows] = 2 * oversized >= n_bands
+        edges = [rows[pairs]]
+        sha = table["sha256"]
+        if p.exact:
+            first_of: dict[str, int] = {}
+            exact = [(first_of.setdefault(s, i), i) for i, s in enumerate(sha) if s is not None]
+            edges.append(np.array([e for e in exact if e[0] != e[1]], dtype=np.int64).reshape(-1, 2))
+        links = np.concatenate(edges)
+        links = links[~(mass[links[:, 0]] | mass[links[:, 1]])]
+        labels = connected_components(n, links)
+
+        area = [int(w or 0) * int(h or 0) for w, h in zip(table["width"], table["height"], strict=True)]
+        keep_of: dict[int, int] = {}
+        for i in sorted(range(n), key=lambda i: (-area[i], ids[i])):
+            keep_of.setdefault(int(labels[i]), i)
+
+        reasons: list[str | None] = [None] * n
+        duplicate_of: list[str | None] = [None] * n
+        for i in range(n):
+            keep = keep_of[int(labels[i])]
+            if mass[i]:
+                reasons[i] = "mass_duplicate"
+            elif keep != i:
+                duplicate_of[i] = ids[keep]
+                same_bytes = p.exact and sha[i] is not None and sha[i] == sha[keep]
+                reasons[i] = "exact_duplicate" if same_bytes else "near_duplicate"
+        return {"drop_reason": reasons, "duplicate_of": duplicate_of}

@@ -1,0 +1,144 @@
+"""`vlcurate inspect OUT`: look at what a job kept and dropped, and why."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from typing import Any
+
+SKIP = {"id", "parent_id", "shard", "key", "source", "text", "drop_stage", "drop_reason", "meta"}
+
+
+def _load(out: str, name: str) -> Any:
+    import pyarrow.parquet as pq
+
+    from pipeline.storage import Store
+
+    store = Store(out)
+    if not store.exists(name):
+        raise FileNotFoundError(f"{out}: no {name} (is this a finished vlcurate job folder?)")
+    return pq.read_table(store.path(name), filesystem=store.fs)
+
+
+def _sample_from_shard(out: str, shard: str, key: str) -> dict[str, Any]:
+    import webdataset as wds
+
+    from pipeline.storage import Store
+
+    data = Store(out).read_bytes("shards", shard)
+    sample: dict[str, Any] = {"images": []}
+    for entry in wds.tariterators.tar_file_iterator(io.BytesIO(data)):
+        name = entry["fname"]
+        if not name.startswith(key + "."):
+            continue
+        suffix = name[len(key) + 1:]
+        if suffix == "json":
+            sample["json"] = json.loads(entry["data"])
+        else:
+            sample["images"].append((suffix, entry["data"]))
+    return sample
+
+
+def _image_sizes(images: list[tuple[str, bytes]]) -> list[str]:
+    from PIL import Image
+
+    sizes = []
+    for _, data in images:
+        with Image.open(io.BytesIO(data)) as im:
+            sizes.append(f"{im.width}x{im.height}")
+    return sizes
+
+
+def _scores(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in SKIP and v is not None}
+
+
+def inspect_job(args: argparse.Namespace) -> int:
+    try:
+        if args.packs:
+            from jobs.inspect_packs import show_packs
+
+            return show_packs(args)
+        rejected = args.rejected or args.reason is not None
+        manifest = _load(args.out, "manifest.parquet")
+        rejects = _load(args.out, "rejects.parquet")
+    except FileNotFoundError as e:
+        print(f"vlcurate: {e}", file=sys.stderr)
+        return 2
+    if args.row_id:
+        for table, kind in ((manifest, "kept"), (rejects, "rejected")):
+            rows = [r for r in table.to_pylist() if r["id"] == args.row_id]
+            if rows:
+                return _show(args, [rows[0]], kind)
+        print(f"vlcurate: no sample or reject with id {args.row_id}", file=sys.stderr)
+        return 1
+    if rejected:
+        rows = rejects.to_pylist()
+        if args.reason:
+            rows = [r for r in rows if r["drop_reason"] == args.reason]
+            if not rows:
+                reasons = sorted(set(rejects["drop_reason"].to_pylist()))
+                print(f"vlcurate: no rejects with reason {args.reason!r} (present: {', '.join(reasons)})",
+                      file=sys.stderr)
+                return 1
+        return _show(args, rows[: args.n], "rejected")
+    return _show(args, manifest.to_pylist()[: args.n], "kept")
+
+
+def _show(args: argparse.Namespace, rows: list[dict[str, Any]], kind: str) -> int:
+    for row in rows:
+        doc: dict[str, Any] = {"status": kind, "id": row["id"], "source": row["source"], "text": row.get("text")}
+        if row.get("parent_id"):
+            doc["parent_id"] = row["parent_id"]
+        if kind == "kept":
+            sample = _sample_from_shard(args.out, row["shard"], row["key"])
+            doc["shard"] = row["shard"]
+            doc["image_sizes"] = _image_sizes(sample["images"])
+            js = sample.get("json", {})
+            if js.get("messages"):
+                doc["messages"] = js["messages"]
+            if args.render:
+                os.makedirs(args.render, exist_ok=True)
+                for suffix, data in sample["images"]:
+                    with open(os.path.join(args.render, f"{row['id']}.{suffix}"), "wb") as f:
+                        f.write(data)
+        else:
+            doc["drop_stage"], doc["drop_reason"] = row["drop_stage"], row["drop_reason"]
+            meta = json.loads(row["meta"]) if row.get("meta") else {}
+            detail = meta.get("error") or meta.get("image_error")
+            if detail:
+                doc["detail"] = detail
+        doc["scores"] = _scores(row)
+        if args.json:
+            print(json.dumps(doc, ensure_ascii=False))
+        else:
+            _print_human(doc)
+    if not rows and not args.json:
+        print(f"(no {kind} rows)")
+    return 0
+
+
+def _print_human(doc: dict[str, Any]) -> None:
+    head = f"{doc['id']}  [{doc['status']}]"
+    if doc["status"] == "rejected":
+        head += f"  {doc['drop_stage']}: {doc['drop_reason']}"
+    print(head)
+    print(f"  source: {doc['source']}")
+    if doc.get("text") is not None:
+        print(f"  text:   {doc['text'][:200]!r}")
+    if doc.get("image_sizes"):
+        print(f"  images: {', '.join(doc['image_sizes'])}  ({doc['shard']})")
+    if doc.get("detail"):
+        print(f"  detail: {doc['detail']}")
+    if doc.get("messages"):
+        print(f"  messages: {json.dumps(doc['messages'], ensure_ascii=False)[:300]}")
+    if doc["scores"]:
+        print("  scores: " + ", ".join(f"{k}={_fmt(v)}" for k, v in doc["scores"].items()))
+    print()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,410 @@
+"""The runner: plans partitions and steps, runs the stage kinds on Ray Data, counts, times and resumes.
+
+A *step* is a run of stages executed per partition in one Ray Data `map_batches` call: stateless stages
+fuse into one task per partition; a stage that holds a model gets a step of its own on an actor pool
+(`setup()` once per actor, `num_gpus` from the stage). A global stage ends a step: its scores are written
+per partition, one decision is taken over the id + score columns of the whole dataset, and the next step
+applies it. Each step writes `_work/STEP/PART.parquet` then `_work/STEP/PART.done` (the completion marker,
+holding that partition's per-stage counts); a rerun skips the partitions already done.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from filters.base import Stage
+from pipeline import readers
+from pipeline.recipe import Recipe, RecipeError, parse_recipe
+from pipeline.schema import (
+    BINARY_COLUMNS,
+    JSON_COLUMNS,
+    bucket_of,
+    concat,
+    make_id,
+    rows_to_table,
+    table_to_rows,
+)
+from pipeline.storage import Store
+
+WORK = "_work"
+
+
+@dataclass
+class Op:
+    kind: str  # read | map | score | apply | expand | scatter
+    key: str
+    stage_index: int = -1
+
+
+@dataclass
+class Step:
+    name: str
+    ops: list[Op] = field(default_factory=list)
+    holds_model: bool = False
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    actors: int = 1
+
+
+def plan_steps(recipe: Recipe) -> list[Step]:
+    """Group the recipe's stages into steps (see the module docstring)."""
+    steps: list[Step] = []
+    ops: list[Op] = [Op("read", "read")]
+
+    def flush(**kw: Any) -> None:
+        nonlocal ops
+        if ops:
+            first = next((o.key for o in ops if o.kind not in ("apply", "read")), ops[0].key)
+            steps.append(Step(f"{len(steps):02d}-{first}", ops, **kw))
+        ops = []
+
+    for i, spec in enumerate(recipe.stages):
+        cls = spec.cls
+        if cls.holds_model:
+            pending = [o for o in ops if o.kind == "apply"] if all(o.kind == "apply" for o in ops) else []
+            if not pending:
+                flush()
+            kind = {"map": "map", "global": "score", "expand": "expand"}[cls.kind]
+            ops = [*pending, Op(kind, spec.key, i)]
+            flush(holds_model=True, num_cpus=cls.num_cpus, num_gpus=cls.num_gpus, actors=spec.actors)
+            if cls.kind == "global":
+                ops = [Op("apply", spec.key, i)]
+            continue
+        if cls.kind == "global":
+            ops.append(Op("score", spec.key, i))
+            flush()
+            ops = [Op("apply", spec.key, i)]
+        else:
+            ops.append(Op(cls.kind, spec.key, i))
+    ops.append(Op("scatter", "scatter"))
+    flush()
+    return steps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-partition execution (runs inside Ray tasks / actors)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _drop(row: dict[str, Any], stage: str, reason: str) -> None:
+    row["drop_stage"], row["drop_reason"] = stage, reason
+    row["images"] = []
+
+
+def _stat(n_in: int = 0) -> dict[str, Any]:
+    return {"in": n_in, "kept": 0, "dropped": {}, "seconds": 0.0}
+
+
+def apply_map(stage: Stage, rows: list[dict[str, Any]], decide: bool = True) -> dict[str, Any]:
+    """Score (and decide) the kept rows in batches; a batch that raises is retried row by row, and a row that
+    still raises is dropped with `stage_error` (its message in meta.error), never failing the partition."""
+    alive = [r for r in rows if r.get("drop_stage") is None]
+    stat = _stat(len(alive))
+    reasons: Counter[str] = Counter()
+    for s in range(0, len(alive), stage.batch_size):
+        chunk = alive[s:s + stage.batch_size]
+        try:
+            results = [_score_rows(stage, chunk, decide)]
+            groups = [chunk]
+        except Exception:
+            results, groups = [], []
+            for row in chunk:
+                try:
+                    results.append(_score_rows(stage, [row], decide))
+                except Exception as e:  # one bad row is data, not a crash
+                    row["meta"] = {**(row.get("meta") or {}), "error": f"{type(e).__name__}: {e}"[:500]}
+                    results.append(({}, ["stage_error"]))
+                groups.append([row])
+        for group, (cols, why) in zip(groups, results, strict=True):
+            for j, row in enumerate(group):
+                for name, values in cols.items():
+                    if not name.startswith("_"):
+                        row[name] = values[j]
+                if why[j] is not None:
+                    _drop(row, stage.name, why[j])
+                    reasons[why[j]] += 1
+    stat["dropped"] = dict(sorted(reasons.items()))
+    stat["kept"] = stat["in"] - sum(reasons.values())
+    return stat
+
+
+def _score_rows(stage: Stage, rows: list[dict[str, Any]], decide: bool) -> tuple[dict, list[str | None]]:
+    batch = _columns(rows)
+    cols = stage.score(batch)
+    bad = [k for k, v in cols.items() if len(v) != len(rows)]
+    if bad:
+        raise ValueError(f"stage {stage.name} returned columns of the wrong length: {bad}")
+    why = stage.decide({**batch, **cols}) if decide else [None] * len(rows)
+    return cols, list(why)
+
+
+def apply_expand(stage: Stage, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One record -> its samples. Children get `parent_id`, an id from (parent id, stage, index) and a source;
+    a record with no sample is dropped with the stage's reason (`no_samples` if it gave none)."""
+    out: list[dict[str, Any]] = []
+    stat = _stat()
+    reasons: Counter[str] = Counter()
+    samples = 0
+    for row in rows:
+        if row.get("drop_stage") is not None:
+            out.append(row)
+            continue
+        stat["in"] += 1
+        try:
+            result = stage.expand(row)
+        except Exception as e:
+            row["meta"] = {**(row.get("meta") or {}), "error": f"{type(e).__name__}: {e}"[:500]}
+            result = "stage_error"
+        if isinstance(result, str) or not result:
+            reason = result if isinstance(result, str) else "no_samples"
+            _drop(row, stage.name, reason)
+            reasons[reason] += 1
+            out.append(row)
+            continue
+        for j, child in enumerate(result):
+            sample = {k: copy.deepcopy(v) if k in JSON_COLUMNS else v for k, v in row.items()}
+            sample.update(child)
+            sample["parent_id"] = row["id"]
+            sample["id"] = make_id(row["id"], stage.name, j)
+            sample["source"] = f"{row['source']}#{stage.name}[{j}]"
+            out.append(sample)
+        samples += len(result)
+    stat["dropped"] = dict(sorted(reasons.items()))
+    stat["kept"] = stat["in"] - sum(reasons.values())
+    stat["samples"] = samples
+    return out, stat
+
+
+def apply_decisions(key: str, rows: list[dict[str, Any]], decisions: dict[str, dict[str, Any]]) -> dict:
+    alive = [r for r in rows if r.get("drop_stage") is None]
+    stat = _stat(len(alive))
+    reasons: Counter[str] = Counter()
+    for row in alive:
+        dec = decisions.get(row["id"])
+        if dec is None:
+            continue
+        for name, value in dec.items():
+            if name != "drop_reason":
+                row[name] = value
+        if dec.get("drop_reason"):
+            _drop(row, key, dec["drop_reason"])
+            reasons[dec["drop_reason"]] += 1
+    stat["dropped"] = dict(sorted(reasons.items()))
+    stat["kept"] = stat["in"] - sum(reasons.values())
+    return stat
+
+
+class StepWorker:
+    """Runs one step over partitions: built once per task or actor (stage `setup()` here)."""
+
+    def __init__(self, raw_recipe: dict[str, Any], out: str, step: dict[str, Any], prev: str | None) -> None:
+        self.recipe = parse_recipe(raw_recipe)
+        self.store = Store(out)
+        self.step = Step(step["name"], [Op(**o) for o in step["ops"]])
+        self.prev = prev
+        self.stages: dict[str, Stage] = {}
+        for op in self.step.ops:
+            if op.kind in ("map", "score", "expand"):
+                stage = self.recipe.stages[op.stage_index].build()
+                stage.setup()
+                self.stages[op.key] = stage
+        self.decisions: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        names = []
+        for part_json in batch["part"]:
+            part = readers.Partition(**json.loads(str(part_json)))
+            self.run_partition(part)
+            names.append(part.name)
+        return {"part": names}
+
+    def _decisions(self, key: str) -> dict[str, dict[str, Any]]:
+        if key not in self.decisions:
+            rows = self.store.read_parquet(WORK, "decisions", f"{key}.parquet").to_pylist()
+            self.decisions[key] = {r.pop("id"): r for r in rows}
+        return self.decisions[key]
+
+    def run_partition(self, part: readers.Partition) -> None:
+        stats: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        rows: list[dict[str, Any]] = []
+        if self.prev is not None:
+            rows = table_to_rows(self.store.read_parquet(WORK, self.prev, f"{part.name}.parquet"))
+        for op in self.step.ops:
+            t = time.perf_counter()
+            if op.kind == "read":
+                rows = readers.reader_for(self.recipe.input).read(self.recipe.input, part)
+                dropped = Counter(r["drop_reason"] for r in rows if r.get("drop_stage") is not None)
+                stat = {"in": len(rows), "kept": len(rows) - sum(dropped.values()),
+                        "dropped": dict(sorted(dropped.items()))}
+            elif op.kind in ("map", "score"):
+                stat = apply_map(self.stages[op.key], rows, decide=op.kind == "map")
+            elif op.kind == "expand":
+                rows, stat = apply_expand(self.stages[op.key], rows)
+            elif op.kind == "apply":
+                stat = apply_decisions(op.key, rows, self._decisions(op.key))
+            elif op.kind == "scatter":
+                stat = self.scatter(part, rows)
+            else:
+                raise ValueError(f"unknown op {op.kind}")
+            stat["seconds"] = round(time.perf_counter() - t, 4)
+            if op.kind == "score":
+                stat = {"score_seconds": stat["seconds"], "in": stat["in"]}
+            elif op.kind == "apply" and op.key in stats:
+                stat["seconds"] += stats[op.key].get("score_seconds", 0.0)
+            stats[op.key] = stat
+        self.store.write_parquet(rows_to_table(rows), WORK, self.step.name, f"{part.name}.parquet")
+        marker = {"partition": part.name, "rows": len(rows), "seconds": round(time.perf_counter() - t0, 4),
+                  "stages": stats}
+        self.store.write_bytes(json.dumps(marker).encode(), WORK, self.step.name, f"{part.name}.done")
+
+    def scatter(self, part: readers.Partition, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Kept rows, split by id-hash bucket, for the shard writers."""
+        buckets = self.recipe.model.output.buckets
+        by_bucket: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r.get("drop_stage") is None:
+                by_bucket.setdefault(bucket_of(r["id"], buckets), []).append(r)
+        for b, members in sorted(by_bucket.items()):
+            self.store.write_parquet(rows_to_table(members), WORK, "buckets", f"{b:05d}", f"{part.name}.parquet")
+        kept = sum(len(v) for v in by_bucket.values())
+        return {"in": kept, "kept": kept, "dropped": {}}
+
+
+def run_step_task(batch: dict[str, Any], raw_recipe: dict[str, Any], out: str, step: dict[str, Any],
+                  prev: str | None) -> dict[str, list[Any]]:
+    """Stateless steps run as plain Ray tasks: build the stages, run the partitions of this batch."""
+    return StepWorker(raw_recipe, out, step, prev)(batch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Driver side
+
+
+def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_cpus: float = 1.0,
+             num_gpus: float = 0.0, actors: int = 1, **kwargs: Any) -> list[dict[str, Any]]:
+    """The one adapter onto Ray Data: tasks for stateless work, an actor pool for model-holding stages."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    if actor:
+        ds = ds.map_batches(fn, batch_size=1, concurrency=actors, num_cpus=num_cpus, num_gpus=num_gpus or None,
+                            fn_constructor_kwargs=kwargs)
+    else:
+        ds = ds.map_batches(fn, batch_size=1, num_cpus=num_cpus, fn_kwargs=kwargs)
+    return ds.take_all()
+
+
+def _merge_stats(total: dict[str, Any], stat: dict[str, Any]) -> None:
+    for k, v in stat.items():
+        if k == "dropped":
+            d = total.setdefault("dropped", {})
+            for reason, n in v.items():
+                d[reason] = d.get(reason, 0) + n
+        elif isinstance(v, int | float):
+            total[k] = round(total.get(k, 0) + v, 4)
+
+
+@dataclass
+class JobResult:
+    out: str
+    stats: dict[str, Any]
+    skipped_partitions: int
+
+
+def run_job(recipe: Recipe, out: str, log: Any = print) -> JobResult:
+    """Run a whole job into OUT; Ray must be initialised (jobs.run does that)."""
+    from pipeline import writers
+    from pipeline.recipe import check_stages
+
+    t_start = time.perf_counter()
+    check_stages(recipe)
+    store = Store(out)
+    spec = recipe.input
+    reader = readers.reader_for(spec)
+    parts = reader.plan(spec)
+    identity = writers.job_identity(recipe, parts)
+    if store.exists(WORK, "job_identity.json"):
+        if store.read_bytes(WORK, "job_identity.json") != identity:
+            raise RecipeError(f"-o {out}: this folder holds a job with another recipe or input; "
+                              "choose a new output folder or delete it")
+    else:
+        store.write_bytes(identity, WORK, "job_identity.json")
+    steps = plan_steps(recipe)
+    stats: dict[str, dict[str, Any]] = {"read": {}}
+    for spec_ in recipe.stages:
+        stats[spec_.key] = {}
+    skipped = 0
+    prev: str | None = None
+    for step in steps:
+        done = set(store.list(WORK, step.name))
+        todo = [p for p in parts if f"{p.name}.done" not in done]
+        skipped += len(parts) - len(todo)
+        if todo:
+            log(f"[vlcurate] step {step.name}: {len(todo)} partition(s)"
+                + (f", {len(parts) - len(todo)} already done" if len(todo) < len(parts) else ""))
+            items = [{"part": json.dumps(asdict(p))} for p in todo]
+            kwargs = dict(raw_recipe=recipe.raw, out=out, prev=prev,
+                          step={"name": step.name, "ops": [asdict(o) for o in step.ops]})
+            if step.holds_model:
+                _ray_map(items, StepWorker, actor=True, num_cpus=step.num_cpus, num_gpus=step.num_gpus,
+                         actors=step.actors, **kwargs)
+            else:
+                _ray_map(items, run_step_task, **kwargs)
+        for p in parts:
+            marker = json.loads(store.read_bytes(WORK, step.name, f"{p.name}.done"))
+            for key, stat in marker["stages"].items():
+                if key in stats:
+                    _merge_stats(stats[key], stat)
+        last = step.ops[-1]
+        if last.kind == "score":
+            t = time.perf_counter()
+            n = decide_global(recipe, last.stage_index, store, step.name, parts)
+            stats[last.key]["decide_seconds"] = round(time.perf_counter() - t, 4)
+            log(f"[vlcurate] {last.key}: global decision over {n} row(s)")
+        prev = step.name
+    assert prev is not None
+    writers.write_outputs(recipe, store, parts, prev, stats, log=log)
+    stats_doc = writers.write_stats(store, recipe, stats, parts, skipped, time.perf_counter() - t_start)
+    return JobResult(out, stats_doc, skipped)
+
+
+def decide_global(recipe: Recipe, index: int, store: Store, step: str, parts: list[readers.Partition]) -> int:
+    """One decision over the id + score columns of every partition (never image bytes)."""
+    spec = recipe.stages[index]
+    stage = spec.build()
+    import pyarrow.parquet as pq
+
+    tables = []
+    for p in parts:
+        path = store.path(WORK, step, f"{p.name}.parquet")
+        names = pq.read_schema(path, filesystem=store.fs).names
+        keep = [n for n in names if n not in BINARY_COLUMNS and n not in JSON_COLUMNS]
+        tables.append(store.read_parquet(WORK, step, f"{p.name}.parquet", columns=keep))
+    table = concat(tables)
+    if "drop_stage" in table.schema.names:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.is_null(table["drop_stage"]))
+    cols = table.to_pydict()
+    decision = stage.decide_global(cols) if len(table) else {"drop_reason": []}
+    out = {"id": cols.get("id", []), **decision}
+    store.write_parquet(pa.table(out) if len(table) else rows_to_table([]).select(["id", "drop_reason"]),
+                        WORK, "decisions", f"{spec.key}.parquet")
+    return len(table)

@@ -1,0 +1,82 @@
+"""All storage access goes through here: URIs (local paths, s3://, gs://) via pyarrow.fs, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A filesystem and a path inside it; local relative paths are made absolute."""
+    if is_remote(uri):
+        return pafs.FileSystem.from_uri(uri)
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+@dataclass
+class Store:
+    """One folder (a URI) with the few operations the pipeline needs."""
+
+    uri: str
+
+    def __post_init__(self) -> None:
+        self.fs, self.root = resolve(self.uri)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return f.read()
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write to a temporary name, then rename: readers never see half a file."""
+        final = self.path(*parts)
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, final)
+
+    def write_parquet(self, table: pa.Table, *parts: str) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        self.write_bytes(sink.getvalue().to_pybytes(), *parts)
+
+    def read_parquet(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
+        if columns is not None:
+            schema = pq.read_schema(self.path(*parts), filesystem=self.fs)
+            columns = [c for c in columns if c in schema.names]
+        return pq.read_table(self.path(*parts), columns=columns, filesystem=self.fs)
+
+    def list(self, *parts: str) -> list[str]:
+        """Names (not paths) of the entries of a folder, sorted; empty when it does not exist."""
+        if not self.exists(*parts):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
+        return sorted(posixpath.basename(i.path) for i in infos)
+
+    def delete_dir(self, *parts: str) -> None:
+        if self.exists(*parts):
+            self.fs.delete_dir(self.path(*parts))

@@ -1,0 +1,181 @@
+"""Writers: webdataset shards by id-hash bucket, manifest, rejects, stats and job description.
+
+Every file is written to a temporary name then renamed (`Store.write_bytes`), shards are sorted by id
+with fixed tar metadata, so the same input and recipe give byte-identical shards without a global sort.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.readers import Partition, fingerprint
+from pipeline.recipe import Recipe
+from pipeline.schema import BINARY_COLUMNS, JSON_COLUMNS, concat, score_columns
+from pipeline.storage import Store
+
+WORK = "_work"
+PACKAGES = ("vlcurate", "ray", "pyarrow", "pillow", "webdataset", "transformers", "torch", "open_clip_torch")
+
+
+def image_extension(data: bytes) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:4] in (b"GIF8",):
+        return "gif"
+    return "bin"
+
+
+def job_identity(recipe: Recipe, parts: list[Partition]) -> bytes:
+    """What a resumable job is: the resolved recipe and the partitions of its input."""
+    doc = {"recipe": recipe.resolved(), "partitions": [[p.name, p.relpath, p.start, p.stop] for p in parts]}
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def sample_json(row: dict[str, Any], scores: list[str]) -> bytes:
+    doc: dict[str, Any] = {k: row.get(k) for k in ("id", "parent_id", "source", "text", "answer")}
+    for k in JSON_COLUMNS:
+        v = row.get(k)
+        doc[k] = json.loads(v) if isinstance(v, str) else v
+    doc["scores"] = {k: row[k] for k in scores if row.get(k) is not None}
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def tar_bytes(rows: list[dict[str, Any]], scores: list[str]) -> bytes:
+    """A webdataset tar: KEY.json then KEY.0.jpg, KEY.1.png ... per sample, fixed metadata."""
+    import webdataset as wds
+
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, encoder=False, mtime=0, user="", group="", mode=0o444) as tw:
+        for row in rows:
+            sample: dict[str, Any] = {"__key__": row["id"], "json": sample_json(row, scores)}
+            for k, data in enumerate(row.get("images") or []):
+                sample[f"{k}.{image_extension(data)}"] = data
+            tw.write(sample)
+    return buf.getvalue()
+
+
+def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) -> dict[str, list[Any]]:
+    """Ray task: gather one bucket's kept rows from every partition, sort by id, write its shard(s)."""
+    store = Store(out)
+    done = []
+    for bucket in batch["bucket"]:
+        b = f"{int(bucket):05d}"
+        tables = [store.read_parquet(WORK, "buckets", b, name) for name in store.list(WORK, "buckets", b)
+                  if name.endswith(".parquet")]
+        table = concat(tables)
+        table = table.sort_by("id")
+        scores = score_columns(table.schema)
+        rows = table.to_pylist()
+        pieces: list[list[dict[str, Any]]] = [[]]
+        size = 0
+        for row in rows:
+            n = sum(len(d) for d in row.get("images") or []) + 1024
+            if shard_bytes and pieces[-1] and size + n > shard_bytes:
+                pieces.append([])
+                size = 0
+            pieces[-1].append(row)
+            size += n
+        index = []
+        for k, piece in enumerate(pieces):
+            name = f"shard-{b}.tar" if k == 0 else f"shard-{b}_{k}.tar"
+            store.write_bytes(tar_bytes(piece, scores), "shards", name)
+            index.extend([r["id"], name] for r in piece)
+        store.write_bytes(json.dumps(index).encode(), WORK, "shards", f"{b}.json")
+        done.append(int(bucket))
+    return {"bucket": done}
+
+
+def _final_tables(store: Store, parts: list[Partition], step: str) -> pa.Table:
+    tables = []
+    for p in parts:
+        path = store.path(WORK, step, f"{p.name}.parquet")
+        names = pq.read_schema(path, filesystem=store.fs).names
+        keep = [n for n in names if n not in BINARY_COLUMNS and n not in ("messages", "annotations")]
+        tables.append(store.read_parquet(WORK, step, f"{p.name}.parquet", columns=keep))
+    return concat(tables)
+
+
+def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: str, stats: dict[str, Any],
+                  log: Any = print) -> None:
+    from pipeline.runner import _ray_map
+
+    buckets = sorted(int(b) for b in store.list(WORK, "buckets"))
+    done = {n.removesuffix(".json") for n in store.list(WORK, "shards")}
+    todo = [b for b in buckets if f"{b:05d}" not in done]
+    if todo:
+        log(f"[vlcurate] writing {len(todo)} shard bucket(s)")
+        shard_bytes = recipe.model.output.shard_bytes
+        _ray_map([{"bucket": b} for b in todo], write_bucket_task, out=store.uri,
+                 shard_bytes=int(shard_bytes) if shard_bytes else None)
+    shard_of: dict[str, str] = {}
+    for b in buckets:
+        for row_id, name in json.loads(store.read_bytes(WORK, "shards", f"{b:05d}.json")):
+            shard_of[row_id] = name
+    table = _final_tables(store, parts, step)
+    kept_mask = pc.is_null(table["drop_stage"])
+    kept = table.filter(kept_mask).sort_by("id")
+    rejected = table.filter(pc.invert(kept_mask)).sort_by("id")
+    scores = score_columns(table.schema)
+    ids = kept["id"].to_pylist()
+    manifest = pa.table({
+        "id": kept["id"], "parent_id": kept["parent_id"],
+        "shard": pa.array([shard_of.get(i) for i in ids], pa.string()),
+        "key": kept["id"], "source": kept["source"], "text": kept["text"],
+        **{s: kept[s] for s in scores},
+    })
+    missing = [i for i in ids if i not in shard_of]
+    if missing:
+        raise RuntimeError(f"{len(missing)} kept rows have no shard (first {missing[0]}): rerun the job")
+    rejects = pa.table({
+        "id": rejected["id"], "parent_id": rejected["parent_id"], "source": rejected["source"],
+        "drop_stage": rejected["drop_stage"], "drop_reason": rejected["drop_reason"], "text": rejected["text"],
+        "meta": rejected["meta"], **{s: rejected[s] for s in scores},
+    })
+    store.write_parquet(manifest, "manifest.parquet")
+    store.write_parquet(rejects, "rejects.parquet")
+    job = {"recipe": recipe.resolved(), "versions": versions(), "input": fingerprint(recipe.input),
+           "partitions": len(parts), "buckets": recipe.model.output.buckets}
+    store.write_bytes(json.dumps(job, indent=2, sort_keys=True).encode(), "job.json")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_stats(store: Store, recipe: Recipe, stats: dict[str, Any], parts: list[Partition], skipped: int,
+                seconds: float) -> dict[str, Any]:
+    manifest = store.read_parquet("manifest.parquet", columns=["id"])
+    rejects = store.read_parquet("rejects.parquet", columns=["drop_reason"])
+    reasons: dict[str, int] = {}
+    for r in rejects["drop_reason"].to_pylist():
+        reasons[r] = reasons.get(r, 0) + 1
+    doc = {
+        "records_in": stats["read"].get("in", 0),
+        "kept": manifest.num_rows,
+        "rejected": rejects.num_rows,
+        "rejected_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "partitions": len(parts),
+        "partitions_resumed": skipped,
+        "wall_seconds": round(seconds, 3),
+        "stages": stats,
+    }
+    store.write_bytes(json.dumps(doc, indent=2).encode(), "stats.json")
+    return doc
