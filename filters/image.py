@@ -81,8 +81,8 @@ def _to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
         im = im.convert("RGB")
         notes.append("cmyk")
     elif im.mode != "RGB":
+        notes.append(f"mode_{im.mode}")
         im = im.convert("RGB")
-        notes.append(f"mode_{mode}")
     return im, notes
 
 
@@ -192,7 +192,8 @@ class ImageCheck(Stage):
                     meta["image_error"] = f"image {k}: {e}"
                     break
                 if notes:
-                    meta.setdefault("normalised", {})[str(k)] = notes
+                    meta.setdefault("normalised", {})[str(k)] = notes["normalised"]
+                    meta.setdefault("original_format", {})[str(k)] = notes["original_format"]
                 if k == 0:
                     width, height = w, h
                 new_images.append(stored)

@@ -21,6 +21,7 @@ with reason ``too_long`` (DESIGN: a bad record is data, not an exception).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -53,7 +54,11 @@ def _as_lengths(lengths: Sequence[int] | np.ndarray, max_len: int) -> np.ndarray
     if arr.size == 0:
         return arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.floor(arr)):
+        if (
+            np.issubdtype(arr.dtype, np.floating)
+            and np.all(np.isfinite(arr))
+            and np.all(arr == np.floor(arr))
+        ):
             arr = arr.astype(np.int64)
         else:
             raise ValueError(f"lengths must be integers, got dtype {arr.dtype}")
@@ -178,15 +183,27 @@ def pack_lengths(lengths: Sequence[int] | np.ndarray, max_len: int) -> list[list
     return _group(int(arr.size), bin_of, nbins)
 
 
+def _to_int(value: Any, what: str) -> int:
+    """An integer from an int, a numpy integer, or an integral float; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, float | np.floating):
+        if not (math.isfinite(value) and float(value).is_integer()):
+            raise ValueError(f"{what} must be an integer, got {value!r}")
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+
+
 def _parse_item(item: Any, running: int) -> tuple[int, int]:
-    """An iterator element is ``(index, length)`` or a plain length (index = its position in the stream)."""
-    if isinstance(item, tuple | list):
+    """A stream element is ``(index, length)`` or a plain length (index = its position in the stream)."""
+    if isinstance(item, tuple | list | np.ndarray):
         if len(item) != 2:
             raise ValueError(f"stream element {item!r} is neither a length nor an (index, length) pair")
-        return int(item[0]), int(item[1])
-    if isinstance(item, np.ndarray) and item.shape == (2,):
-        return int(item[0]), int(item[1])
-    return running, int(item)
+        return _to_int(item[0], "sample index"), _to_int(item[1], "length")
+    return running, _to_int(item, "length")
 
 
 def pack_stream(
@@ -229,7 +246,9 @@ def pack_stream(
         idx, length = _parse_item(item, running)
         running += 1
         if length <= 0 or length > max_len:
-            why = "not positive" if length <= 0 else f"longer than max_len={max_len} (reject as too_long first)"
+            why = (
+                "not positive" if length <= 0 else f"longer than max_len={max_len} (reject as too_long first)"
+            )
             raise ValueError(f"length {length} of sample {idx} is {why}")
         new_ids.append(idx)
         new_lens.append(length)
@@ -273,6 +292,17 @@ def _pack_window(
     return emit, id_arr[moved].tolist(), arr[moved].tolist()
 
 
+def _pack_sums(packs: Sequence[Sequence[int]], values: np.ndarray) -> np.ndarray:
+    """Sum of ``values[m]`` over the members m of each pack, as int64 (exact: sums stay below 2**53)."""
+    sizes = np.fromiter((len(p) for p in packs), dtype=np.int64, count=len(packs))
+    if sizes.sum() == 0:
+        return np.zeros(len(packs), dtype=np.int64)
+    members = np.fromiter((m for p in packs for m in p), dtype=np.int64, count=int(sizes.sum()))
+    owner = np.repeat(np.arange(len(packs), dtype=np.int64), sizes)
+    sums = np.bincount(owner, weights=values[members].astype(np.float64), minlength=len(packs))
+    return np.rint(sums).astype(np.int64)
+
+
 def pack_cost(members: Sequence[int], lengths: Sequence[int] | np.ndarray) -> int:
     """Attention cost of one pack: the sum of squared member lengths.
 
@@ -307,8 +337,7 @@ def balance_packs(
     if n == 0:
         return [], 1.0
     lens = np.asarray(lengths, dtype=np.int64)
-    sq = lens * lens
-    costs = np.fromiter((int(sq[list(p)].sum()) if len(p) else 0 for p in packs), dtype=np.int64, count=n)
+    costs = _pack_sums(packs, lens * lens)
     by_cost = np.argsort(costs, kind="stable")
     n_full = n // packs_per_step
     groups = by_cost[: n_full * packs_per_step].reshape(n_full, packs_per_step)
@@ -319,13 +348,21 @@ def balance_packs(
 
 
 def _worst_ratio(costs_in_order: np.ndarray, packs_per_step: int) -> float:
-    """Worst over consecutive groups of ``packs_per_step`` of (max cost / mean cost); 1.0 for zero cost."""
+    """Worst over consecutive groups of ``packs_per_step`` (the last may be short) of max cost / mean cost.
+
+    A group whose costs are all zero counts as 1.0.
+    """
+    c = costs_in_order.astype(np.float64)
+    k = len(c) // packs_per_step * packs_per_step
+    groups = [c[:k].reshape(-1, packs_per_step)] if k else []
+    if k < len(c):
+        groups.append(c[k:].reshape(1, -1))
     worst = 1.0
-    for start in range(0, len(costs_in_order), packs_per_step):
-        g = costs_in_order[start : start + packs_per_step].astype(np.float64)
-        mean = g.mean()
-        if mean > 0:
-            worst = max(worst, float(g.max() / mean))
+    for g in groups:
+        mx, mean = g.max(axis=1), g.mean(axis=1)
+        ok = mean > 0
+        if ok.any():
+            worst = max(worst, float((mx[ok] / mean[ok]).max()))
     return worst
 
 
@@ -337,9 +374,7 @@ def fill_stats(
     fill = tokens / (n_packs * max_len); lower_bound_packs = ceil(tokens / max_len) is the fewest packs any
     packing could use; p0/p5/p50/p95/p100 are quantiles of the per-pack fill (load / max_len).
     """
-    lens = np.asarray(lengths, dtype=np.int64)
-    loads = np.fromiter((int(lens[list(p)].sum()) if len(p) else 0 for p in packs), dtype=np.int64,
-                        count=len(packs))
+    loads = _pack_sums(packs, np.asarray(lengths, dtype=np.int64))
     tokens = int(loads.sum())
     n_packs = len(packs)
     stats: dict[str, Any] = {

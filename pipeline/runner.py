@@ -261,10 +261,8 @@ class StepWorker:
             else:
                 raise ValueError(f"unknown op {op.kind}")
             stat["seconds"] = round(time.perf_counter() - t, 4)
-            if op.kind == "score":
-                stat = {"score_seconds": stat["seconds"], "in": stat["in"]}
-            elif op.kind == "apply" and op.key in stats:
-                stat["seconds"] += stats[op.key].get("score_seconds", 0.0)
+            if op.kind == "score":  # counted when the decision is applied, in the next step
+                stat = {"seconds": stat["seconds"]}
             stats[op.key] = stat
         self.store.write_parquet(rows_to_table(rows), WORK, self.step.name, f"{part.name}.parquet")
         marker = {"partition": part.name, "rows": len(rows), "seconds": round(time.perf_counter() - t0, 4),
