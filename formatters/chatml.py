@@ -41,7 +41,7 @@ VIDEO_BLOCK = VISION_START + VIDEO_PAD + VISION_END
 
 
 def part_kind(part: Mapping[str, Any]) -> str | None:
-    """"image", "video", "text" or None (ignored) for one content part, as the official template decides."""
+    """Kind of one content part as the official template decides it (SPEC §1): image, video, text, None."""
     kind = part.get("type")
     if kind == "image" or "image" in part or "image_url" in part:
         return "image"
@@ -53,7 +53,7 @@ def part_kind(part: Mapping[str, Any]) -> str | None:
 
 
 def turns(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The messages as rendered: with the default system turn first when the first is not ``system``."""
+    """The turns as rendered: the default system turn first when the first is not ``system`` (SPEC §1)."""
     msgs = list(messages)
     if msgs and msgs[0].get("role") != "system":
         msgs.insert(0, {"role": "system", "content": DEFAULT_SYSTEM})
@@ -63,7 +63,7 @@ def turns(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 def render(
     messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False, add_vision_id: bool = False
 ) -> str:
-    """Render a Hugging Face style conversation in Qwen2-VL ChatML, exactly as the official template (SPEC §1).
+    """Render a Hugging Face style conversation in Qwen2-VL ChatML as the official template does (SPEC §1).
 
     ``content`` is a string or a list of parts: image parts (``type == "image"`` or an ``image`` /
     ``image_url`` key) emit ``<|vision_start|><|image_pad|><|vision_end|>``, video parts (``type == "video"``

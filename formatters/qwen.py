@@ -116,7 +116,7 @@ def _frame_range(
 
 def _linspace_indices(start: int, end: int, n: int) -> list[int]:
     """torch.linspace(start, end, n).round(), the float32 computation qwen-vl-utils uses."""
-    import torch  # noqa: PLC0415 - torch is heavy; only video planning needs it
+    import torch  # heavy: imported only where video planning needs it
 
     return torch.linspace(start, end, n).round().long().tolist()
 
@@ -190,7 +190,13 @@ def _from_dialect(coord: float, side: int, resized_side: int, dialect: str) -> f
 
 
 def _convert_points(
-    values: Sequence[float], width: int, height: int, dialect: str, min_pixels: int, max_pixels: int, inverse: bool
+    values: Sequence[float],
+    width: int,
+    height: int,
+    dialect: str,
+    min_pixels: int,
+    max_pixels: int,
+    inverse: bool,
 ) -> list:
     _check_dialect(dialect)
     if width <= 0 or height <= 0:
@@ -342,13 +348,9 @@ def format_json_boxes(
     """Qwen2.5-VL grounding JSON (SPEC §2) as its cookbooks print it.
 
     ``items`` are (label, coords) with coords already converted: 4 numbers give ``"bbox_2d"``, 2 give
-    ``"point_2d"``. One object a line, tab-indented, in a ```json fenced block unless ``fenced`` is False::
-
-        ```json
-        [
-        	{"bbox_2d": [147, 134, 619, 407], "label": "cat"}
-        ]
-        ```
+    ``"point_2d"``; ``label_key`` names the text field (``"text_content"`` for OCR). One object a line,
+    tab-indented, inside a ```json fenced block unless ``fenced`` is False, e.g.
+    ``'```json\\n[\\n\\t{"bbox_2d": [147, 134, 619, 407], "label": "cat"}\\n]\\n```'``.
     """
     lines = []
     for label, coords in items:

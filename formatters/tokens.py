@@ -67,7 +67,9 @@ def _header_length(tokenizer: Any, ids: np.ndarray, header: str) -> int:
     counts as header, so it stays masked.
     """
     for k in range(1, len(ids) + 1):
-        text = tokenizer.decode(ids[:k].tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = tokenizer.decode(
+            ids[:k].tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         if len(text) >= len(header):
             return k
     return len(ids)
@@ -112,7 +114,9 @@ def tokenize_chat(
     return input_ids, labels
 
 
-def tokenize_caption(caption: str, tokenizer: Any, image_tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_caption(
+    caption: str, tokenizer: Any, image_tokens: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and labels of a stage-1 caption sample (SPEC §1): labels on the caption and
     ``<|endoftext|>`` only.
     """

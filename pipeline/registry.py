@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from filters.base import Stage
 from filters.caption import CaptionCheck
+from filters.clip import ClipScore
+from filters.dedup import Dedup
 from filters.image import ImageCheck
+from filters.text import CaptionText
 
 STAGES: dict[str, type[Stage]] = {
     "image_check": ImageCheck,
     "caption_check": CaptionCheck,
+    "caption_text": CaptionText,
+    "dedup": Dedup,
+    "clip_score": ClipScore,
 }

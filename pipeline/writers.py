@@ -145,7 +145,7 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: st
     })
     store.write_parquet(manifest, "manifest.parquet")
     store.write_parquet(rejects, "rejects.parquet")
-    job = {"recipe": recipe.resolved(), "versions": versions(), "input": fingerprint(recipe.input),
+    job = {"recipe": recipe.resolved(), "versions": versions(), "input": fingerprint(recipe.input, parts),
            "partitions": len(parts), "buckets": recipe.model.output.buckets}
     store.write_bytes(json.dumps(job, indent=2, sort_keys=True).encode(), "job.json")
 

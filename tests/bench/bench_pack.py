@@ -18,6 +18,8 @@ Packers compared:
                   largest remaining length that fits (here O(n log n): bisect over the sorted distinct
                   lengths with a count per length, instead of list.pop which makes the original O(n^2))
   next-fit        input order; start a new pack when the next sample does not fit
+LLaMA-Factory's rule fills one pack at a time with the largest remaining sample that fits, which yields
+exactly the packs of first-fit decreasing (FFD); ours is best-fit decreasing.
 This is a script, not a pytest test (the file name does not match test_*.py).
 """
 
@@ -40,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipeline.packing import balance_packs, fill_stats, pack_lengths, pack_stream  # noqa: E402
 
 
-def mixture(n: int, seed: int = 0) -> np.ndarray:
-    """The pinned benchmark length mixture (see the module docstring)."""
+def mixture(n: int, seed: int = 0, drop_text: bool = False) -> np.ndarray:
+    """The pinned benchmark length mixture (see the module docstring); ``drop_text`` removes component 0
+    after drawing, leaving the same draws for the other components."""
     rng = np.random.default_rng(seed)
     comp = rng.choice(4, size=n, p=[0.40, 0.40, 0.15, 0.05])
     out = np.empty(n, dtype=np.float64)
@@ -49,6 +52,8 @@ def mixture(n: int, seed: int = 0) -> np.ndarray:
     for k, (offset, median, sigma) in enumerate(params):
         mask = comp == k
         out[mask] = offset + rng.lognormal(math.log(median), sigma, size=int(mask.sum()))
+    if drop_text:
+        out = out[comp != 0]
     return np.clip(np.rint(out), 16, 16384).astype(np.int64)
 
 
@@ -114,12 +119,6 @@ def next_fit(lengths: np.ndarray, max_len: int) -> list[list[int]]:
     return packs
 
 
-def timed(fn: Callable[[], list[list[int]]]) -> tuple[list[list[int]], float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
 def check(packs: list[list[int]], lengths: np.ndarray, max_len: int, name: str) -> None:
     """Every index exactly once, no pack over max_len."""
     flat = np.fromiter((i for p in packs for i in p), dtype=np.int64)
@@ -140,6 +139,89 @@ def cpu_name() -> str:
     return name or platform.machine()
 
 
+def stream_packs(lengths: np.ndarray, max_len: int, window: int) -> list[list[int]]:
+    return list(pack_stream(iter(lengths.tolist()), max_len, window=window))
+
+
+def group_ratios(costs: np.ndarray, packs_per_step: int) -> np.ndarray:
+    """max/mean cost of each full group of ``packs_per_step`` consecutive packs."""
+    k = len(costs) // packs_per_step * packs_per_step
+    g = costs[:k].astype(np.float64).reshape(-1, packs_per_step)
+    return g.max(axis=1) / g.mean(axis=1)
+
+
+def step_efficiency(costs: np.ndarray, packs_per_step: int) -> float:
+    """sum over steps of mean cost / sum over steps of max cost: attention time lost waiting for the
+    slowest rank (1.0 = none), over full groups."""
+    k = len(costs) // packs_per_step * packs_per_step
+    g = costs[:k].astype(np.float64).reshape(-1, packs_per_step)
+    return float(g.mean(axis=1).sum() / g.max(axis=1).sum())
+
+
+def bench_max_len(all_lengths: np.ndarray, max_len: int, args: argparse.Namespace) -> None:
+    ok = all_lengths <= max_len
+    lengths = all_lengths[ok]
+    too_long = int((~ok).sum())
+    total = int(lengths.sum())
+    lb = math.ceil(total / max_len)
+    print()
+    print(
+        f"max_len {max_len}: packed {lengths.size:,} samples, too_long {too_long:,}, tokens {total:,}, "
+        f"lower bound {lb:,} packs (ceil(total tokens / max_len)), "
+        f"best possible fill {total / (lb * max_len):.4%}"
+    )
+    header = (
+        f"{'packer':<24} {'fill':>9} {'packs':>9} {'over LB':>8} {'p0 fill':>8} {'p5 fill':>8} "
+        f"{'p50 fill':>8} {'seconds':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    runs: list[tuple[str, Callable[..., list[list[int]]], tuple]] = [
+        ("ours BFD", pack_lengths, (lengths, max_len)),
+        (f"ours stream w={args.window:,}", stream_packs, (lengths, max_len, args.window)),
+        ("LLaMA-Factory knapsack", greedy_knapsack, (lengths, max_len)),
+        ("next-fit (input order)", next_fit, (lengths, max_len)),
+    ]
+    results = {}
+    for name, fn, fn_args in runs:
+        t0 = time.perf_counter()
+        packs = fn(*fn_args)
+        secs = time.perf_counter() - t0
+        check(packs, lengths, max_len, name)
+        st = fill_stats(packs, lengths, max_len)
+        results[name] = (packs, st)
+        print(
+            f"{name:<24} {st['fill']:>9.4%} {st['n_packs']:>9,} {st['n_packs'] - lb:>8,} {st['p0']:>8.4f} "
+            f"{st['p5']:>8.4f} {st['p50']:>8.4f} {secs:>8.2f}"
+        )
+    ours = results["ours BFD"][1]["fill"]
+    stream = results[runs[1][0]][1]["fill"]
+    print(f"stream vs whole-dataset fill: {stream - ours:+.4%} (absolute)")
+
+    packs = results["ours BFD"][0]
+    pps = args.packs_per_step
+    t0 = time.perf_counter()
+    order, ratio = balance_packs(packs, lengths, pps)
+    secs = time.perf_counter() - t0
+    sq = lengths.astype(np.int64) ** 2
+    costs = np.array([int(sq[p].sum()) for p in packs], dtype=np.int64)
+    balanced = group_ratios(costs[order], pps)
+    natural = group_ratios(costs, pps)  # packs in their natural order (by first member)
+    print(
+        f"balance, ours BFD packs, packs_per_step {pps} (cost = sum of squared member lengths), "
+        f"{len(packs) // pps:,} full groups:"
+    )
+    print(f"  {'order':<22} {'worst max/mean':>15} {'p99':>8} {'median':>8} {'step efficiency':>16}")
+    print(
+        f"  {'balance_packs':<22} {ratio:>15.4f} {np.percentile(balanced, 99):>8.4f} "
+        f"{np.median(balanced):>8.4f} {step_efficiency(costs[order], pps):>16.4f}   ({secs:.2f} s)"
+    )
+    print(
+        f"  {'natural (unbalanced)':<22} {natural.max():>15.4f} {np.percentile(natural, 99):>8.4f} "
+        f"{np.median(natural):>8.4f} {step_efficiency(costs, pps):>16.4f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="number of samples (default 1,000,000)")
@@ -147,6 +229,11 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=100_000, help="streaming window (default 100,000)")
     ap.add_argument("--packs-per-step", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--drop-text",
+        action="store_true",
+        help="drop the text-only component after drawing (a harder mixture, few small fillers)",
+    )
     args = ap.parse_args()
 
     # the fast knapsack must match LLaMA-Factory's original on lengths
@@ -156,56 +243,20 @@ def main() -> None:
     fast = sorted(sorted(small[p].tolist()) for p in greedy_knapsack(small, 8192))
     assert ref == fast, "fast greedy_knapsack differs from LLaMA-Factory's rule"
 
-    print(f"machine: {platform.machine()} | processor: {cpu_name()!r} | os.cpu_count()={os.cpu_count()} | "
-          f"python {platform.python_version()} | numpy {np.__version__}")
+    print(
+        f"machine: {platform.machine()} | processor: {cpu_name()!r} | os.cpu_count()={os.cpu_count()} | "
+        f"python {platform.python_version()} | numpy {np.__version__}"
+    )
     t0 = time.perf_counter()
-    all_lengths = mixture(args.n, args.seed)
-    print(f"n={args.n:,} samples, mixture seed {args.seed}, generated in {time.perf_counter() - t0:.2f} s; "
-          f"mean length {all_lengths.mean():.1f}")
+    all_lengths = mixture(args.n, args.seed, drop_text=args.drop_text)
+    dropped = f" (text-only dropped: {all_lengths.size:,} left)" if args.drop_text else ""
+    print(
+        f"n={args.n:,} samples drawn{dropped}, "
+        f"mixture seed {args.seed}, generated in {time.perf_counter() - t0:.2f} s; "
+        f"mean length {all_lengths.mean():.1f}"
+    )
     for max_len in args.max_len:
-        ok = all_lengths <= max_len
-        lengths = all_lengths[ok]
-        too_long = int((~ok).sum())
-        total = int(lengths.sum())
-        lb = math.ceil(total / max_len)
-        print()
-        print(f"max_len {max_len}: packed {lengths.size:,} samples, too_long {too_long:,}, "
-              f"tokens {total:,}, lower bound {lb:,} packs (= total tokens / max_len, rounded up)")
-        header = f"{'packer':<22} {'fill':>9} {'packs':>9} {'over LB':>8} {'p5 fill':>8} {'p50 fill':>8} {'seconds':>8}"
-        print(header)
-        print("-" * len(header))
-        runs = [
-            ("ours BFD", lambda: pack_lengths(lengths, max_len)),
-            (f"ours stream w={args.window:,}",
-             lambda: list(pack_stream(iter(lengths.tolist()), max_len, window=args.window))),
-            ("LLaMA-Factory knapsack", lambda: greedy_knapsack(lengths, max_len)),
-            ("next-fit (input order)", lambda: next_fit(lengths, max_len)),
-        ]
-        results = {}
-        for name, fn in runs:
-            packs, secs = timed(fn)
-            check(packs, lengths, max_len, name)
-            st = fill_stats(packs, lengths, max_len)
-            results[name] = (packs, st)
-            print(f"{name:<22} {st['fill']:>9.4%} {st['n_packs']:>9,} {st['n_packs'] - lb:>8,} "
-                  f"{st['p5']:>8.4f} {st['p50']:>8.4f} {secs:>8.2f}")
-        ours = results["ours BFD"][1]["fill"]
-        stream = results[runs[1][0]][1]["fill"]
-        print(f"stream vs whole-dataset fill: {stream - ours:+.4%} (absolute)")
-        packs = results["ours BFD"][0]
-        t0 = time.perf_counter()
-        _, ratio = balance_packs(packs, lengths, args.packs_per_step)
-        secs = time.perf_counter() - t0
-        _, ratio_sorted = balance_packs(packs, lengths, args.packs_per_step, seed=None)
-        # unbalanced reference: packs in their natural order (by first member)
-        costs = np.array([int((lengths[p].astype(np.int64) ** 2).sum()) for p in packs], dtype=np.float64)
-        k = len(costs) // args.packs_per_step * args.packs_per_step
-        g = costs[:k].reshape(-1, args.packs_per_step)
-        natural = float((g.max(axis=1) / g.mean(axis=1)).max()) if k else 1.0
-        natural_mean = float((g.max(axis=1) / g.mean(axis=1)).mean()) if k else 1.0
-        print(f"balance (ours BFD packs, packs_per_step {args.packs_per_step}): worst max/mean "
-              f"{ratio:.4f} ({secs:.2f} s); same without the group shuffle {ratio_sorted:.4f}; "
-              f"natural order worst {natural:.3f}, mean {natural_mean:.3f}")
+        bench_max_len(all_lengths, max_len, args)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,22 @@ class Split(Stage):
         if "good2" in (row.get("text") or ""):
             return "unsplittable"
         return [{"text": f"{row['text']} (copy {k})", "copy": k} for k in range(self.params.copies)]
+
+
+class SlowLogParams(Params):
+    log: str
+    seconds: float = 0.5
+
+
+class SlowLog(Stage):
+    """Map: sleeps per batch and appends the ids it scored to a log file (to see what a rerun recomputes)."""
+
+    Params = SlowLogParams
+
+    def score(self, batch):
+        import time
+
+        time.sleep(self.params.seconds)
+        with open(self.params.log, "a") as f:
+            f.write("".join(f"{i}\n" for i in batch["id"]))
+        return {}

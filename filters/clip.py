@@ -1,0 +1,133 @@
+"""CLIP score: cosine similarity of an image and its caption under an open_clip model, with a global cut."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from filters.base import Batch, Params, Stage
+
+CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
+
+
+class ClipScore(Stage):
+    """Score image-caption agreement with open_clip, then keep the best over the whole pool.
+
+    ``arch`` is an open_clip architecture name and ``checkpoint`` a local weights file (.bin/.pt/.pth/
+    .safetensors); nothing is downloaded. OpenAI-trained weights need the ``-quickgelu`` architectures
+    (``ViT-L-14-quickgelu``): a file loads silently into the wrong one, so ``check()`` warns when the
+    checkpoint's name or format shows its source and the activation disagrees.
+
+    Score (actor pool, model loaded once per actor in ``setup``): ``clip_score``, the cosine similarity of the
+    first image's and the caption's L2-normalised embeddings, in [-1, 1]; null for a row without image or
+    caption, which the decision passes through.
+
+    Decision over the whole pool (reason ``clip_score_low``), at most one of:
+    - ``min_clip_score``: drop scores below it (LAION-5B used 0.28 with ViT-B/32);
+    - ``keep_top_fraction``: keep the best ``round(fraction * scored rows)``, ties broken by the smaller id
+      (DataComp's CLIP-score baseline keeps the top 30% of the pool by OpenAI ViT-L/14 score).
+    With neither, the stage only scores.
+    """
+
+    class Params(Params):
+        arch: str = "ViT-L-14-quickgelu"
+        checkpoint: str | None = None
+        min_clip_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+        keep_top_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+        device: str = "cpu"
+        encode_batch_size: int = Field(default=64, ge=1)
+
+        @model_validator(mode="after")
+        def _one_rule(self) -> ClipScore.Params:
+            if self.min_clip_score is not None and self.keep_top_fraction is not None:
+                raise ValueError("set min_clip_score or keep_top_fraction, not both")
+            return self
+
+    kind = "global"
+    holds_model = True
+    batch_size = 64
+
+    def __init__(self, params: Params | None = None, name: str | None = None) -> None:
+        super().__init__(params, name)
+        if str(self.params.device).startswith("cuda"):
+            self.num_gpus = 1.0
+        self.scorer: Any = None
+
+    def check(self) -> None:
+        from model.clip import ensure_arch, warn_quickgelu_mismatch
+
+        p = self.params
+        if not p.checkpoint:
+            raise ValueError(
+                "checkpoint: a local open_clip weights file is required (.bin/.pt/.pth/.safetensors); "
+                "nothing is downloaded"
+            )
+        path = Path(p.checkpoint)
+        if not path.is_file():
+            raise ValueError(f"checkpoint: file not found: {path}")
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise ValueError(
+                f"checkpoint: expected one of {', '.join(CHECKPOINT_SUFFIXES)}, got {path.name!r}"
+            )
+        try:
+            ensure_arch(p.arch)
+        except ValueError as e:
+            raise ValueError(f"arch: {e}") from None
+        message = warn_quickgelu_mismatch(p.arch, path)
+        if message:
+            warnings.warn(f"{self.name}: {message}", UserWarning, stacklevel=2)
+
+    def setup(self) -> None:
+        from model.clip import load_clip
+
+        if not self.params.checkpoint:
+            self.check()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # check() has already said it once, on the driver
+            self.scorer = load_clip(
+                self.params.arch,
+                self.params.checkpoint,
+                device=self.params.device,
+                batch_size=self.params.encode_batch_size,
+            )
+
+    def score(self, batch: Batch) -> Batch:
+        from PIL import Image
+
+        if self.scorer is None:
+            self.setup()
+        images, texts, rows = [], [], []
+        for i, (imgs, text) in enumerate(zip(batch["images"], batch["text"], strict=True)):
+            if imgs and text:
+                images.append(Image.open(io.BytesIO(bytes(imgs[0]))))
+                texts.append(text)
+                rows.append(i)
+        scores: list[float | None] = [None] * len(batch["images"])
+        if rows:
+            for i, s in zip(rows, self.scorer.score(images, texts).tolist(), strict=True):
+                scores[i] = round(float(s), 6)
+        return {"clip_score": scores}
+
+    def score_columns(self) -> list[str]:
+        return ["clip_score"]
+
+    def decide_global(self, table: Batch) -> Batch:
+        p = self.params
+        ids, scores = list(table["id"]), list(table["clip_score"])
+        reasons: list[str | None] = [None] * len(ids)
+        scored = [i for i, s in enumerate(scores) if s is not None and not math.isnan(s)]
+        if p.min_clip_score is not None:
+            for i in scored:
+                if scores[i] < p.min_clip_score:
+                    reasons[i] = "clip_score_low"
+        elif p.keep_top_fraction is not None:
+            n_keep = math.floor(p.keep_top_fraction * len(scored) + 0.5)
+            ranked = sorted(scored, key=lambda i: (-scores[i], ids[i]))
+            for i in ranked[n_keep:]:
+                reasons[i] = "clip_score_low"
+        return {"drop_reason": reasons}

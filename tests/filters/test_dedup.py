@@ -1,0 +1,242 @@
+"""Exact and near-duplicate images: pHash, LSH candidates, union-find groups, the global decision."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from filters.dedup import (
+    Dedup,
+    candidate_pairs,
+    connected_components,
+    hamming,
+    lsh_bands,
+    phash64,
+    to_int64,
+)
+from tests.media import DEMO_IMAGES
+
+PHOTOS = ["camera.png", "chelsea.png", "coins.png", "horse.png", "rocket.jpg"]
+DEFAULT_MAX_HAMMING = Dedup.Params().max_hamming
+
+
+def encode(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def variants(data: bytes) -> dict[str, bytes]:
+    """The copies a web crawl holds of one photo."""
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = im.size
+    dx, dy = round(w * 0.01), round(h * 0.01)
+    return {
+        "original": data,
+        "byte_copy": bytes(data),
+        "resized_50": encode(im.resize((w // 2, h // 2), Image.Resampling.LANCZOS), quality=90),
+        "jpeg_q40": encode(im, quality=40),
+        "crop_2pct": encode(im.crop((dx, dy, w - dx, h - dy)), quality=90),
+        "brighter_10pct": encode(ImageEnhance.Brightness(im).enhance(1.1), quality=90),
+    }
+
+
+def make_id(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def make_rows() -> list[dict]:
+    rows = []
+    for photo in PHOTOS:
+        for kind, data in variants((DEMO_IMAGES / photo).read_bytes()).items():
+            w, h = Image.open(io.BytesIO(data)).size
+            rows.append(
+                {
+                    "id": make_id(f"{photo}/{kind}"),
+                    "name": f"{photo}/{kind}",
+                    "images": [data],
+                    "width": w,
+                    "height": h,
+                }
+            )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return make_rows()
+
+
+@pytest.fixture(scope="module")
+def scored(rows) -> list[dict]:
+    stage = Dedup()
+    cols = stage.score({k: [r[k] for r in rows] for k in ("id", "images", "width", "height")})
+    return [
+        {**r, "sha256": s, "phash": p} for r, s, p in zip(rows, cols["sha256"], cols["phash"], strict=True)
+    ]
+
+
+def decide(rows: list[dict], **params) -> dict[str, tuple[str | None, str | None]]:
+    table = {k: [r[k] for r in rows] for k in ("id", "width", "height", "sha256", "phash")}
+    out = Dedup(Dedup.Params(**params)).decide_global(table)
+    assert set(out) == {"drop_reason", "duplicate_of"}
+    return {i: (r, d) for i, r, d in zip(table["id"], out["drop_reason"], out["duplicate_of"], strict=True)}
+
+
+def test_each_photo_group_collapses_to_one_row(scored):
+    result = decide(scored)
+    for photo in PHOTOS:
+        group = [r for r in scored if r["name"].startswith(photo + "/")]
+        keep = min(group, key=lambda r: (-r["width"] * r["height"], r["id"]))
+        assert result[keep["id"]] == (None, None), keep["name"]
+        for r in group:
+            if r is keep:
+                continue
+            reason, duplicate_of = result[r["id"]]
+            assert duplicate_of == keep["id"], r["name"]
+            expected = "exact_duplicate" if r["sha256"] == keep["sha256"] else "near_duplicate"
+            assert reason == expected, r["name"]
+    kept = [i for i, (reason, _) in result.items() if reason is None]
+    assert len(kept) == len(PHOTOS)  # distinct photos are all kept
+
+
+def test_byte_copies_of_the_kept_row_are_exact_duplicates(scored):
+    original = next(r for r in scored if r["name"] == "rocket.jpg/original")
+    copies = [{**original, "id": make_id(f"copy{i}")} for i in range(3)]
+    result = decide([original, *copies])
+    keep = min(r["id"] for r in [original, *copies])
+    assert result[keep] == (None, None)
+    assert sorted(v for k, v in result.items() if k != keep) == [("exact_duplicate", keep)] * 3
+
+
+def test_exact_off_labels_byte_copies_near(scored):
+    result = decide(scored, exact=False)
+    assert {reason for reason, _ in result.values()} == {None, "near_duplicate"}
+
+
+def test_result_does_not_depend_on_row_order(scored):
+    expected = decide(scored)
+    for seed in range(5):
+        shuffled = scored[:]
+        random.Random(seed).shuffle(shuffled)
+        assert decide(shuffled) == expected
+
+
+def test_scores_do_not_depend_on_batching(rows, scored):
+    stage = Dedup()
+    for size in (1, 4, 7):
+        cols = {"sha256": [], "phash": []}
+        for a in range(0, len(rows), size):
+            chunk = rows[a : a + size]
+            out = stage.score({k: [r[k] for r in chunk] for k in ("id", "images", "width", "height")})
+            for k in cols:
+                cols[k] += out[k]
+        assert cols["phash"] == [r["phash"] for r in scored]
+        assert cols["sha256"] == [r["sha256"] for r in scored]
+
+
+def test_variant_distances_within_default_and_distinct_photos_far_apart(scored):
+    by_photo = {p: [r for r in scored if r["name"].startswith(p + "/")] for p in PHOTOS}
+    for group in by_photo.values():
+        original = group[0]["phash"]
+        assert all(hamming(original, r["phash"]) <= DEFAULT_MAX_HAMMING for r in group), group[0]["name"]
+    for a, b in itertools.combinations(PHOTOS, 2):
+        assert hamming(by_photo[a][0]["phash"], by_photo[b][0]["phash"]) >= 2 * DEFAULT_MAX_HAMMING
+
+
+def test_blank_images_get_their_own_reason(scored):
+    flats = []
+    for i in range(12):
+        colour = (20 * i, 255 - 20 * i, (90 * i) % 256)
+        data = encode(Image.new("RGB", (300 + i, 200), colour), "PNG")
+        assert phash64(data) == 0
+        flats.append(
+            {
+                "id": make_id(f"flat{i}"),
+                "width": 300 + i,
+                "height": 200,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "phash": 0,
+            }
+        )
+    few = decide(scored + flats, max_bucket=100)
+    assert Counter(few[f["id"]][0] for f in flats) == {None: 1, "near_duplicate": 11}
+    many = decide(scored + flats, max_bucket=10)  # a photo group (6 rows) still fits
+    assert all(many[f["id"]] == ("mass_duplicate", None) for f in flats)
+    assert {k: v for k, v in many.items() if k not in {f["id"] for f in flats}} == decide(scored)
+
+
+def test_rows_without_images_are_never_duplicates():
+    stage = Dedup()
+    cols = stage.score(
+        {"id": ["a" * 16, "b" * 16], "images": [[], None], "width": [None, None], "height": [None, None]}
+    )
+    assert cols == {"sha256": [None, None], "phash": [None, None]}
+    out = stage.decide_global(
+        {"id": ["a" * 16, "b" * 16], "width": [None, None], "height": [None, None], **cols}
+    )
+    assert out == {"drop_reason": [None, None], "duplicate_of": [None, None]}
+
+
+def test_phash_of_bytes_and_image_agree_and_column_is_int64():
+    data = (DEMO_IMAGES / "rocket.jpg").read_bytes()
+    h = phash64(data)
+    assert 0 <= h < 1 << 64 and h.bit_count() == 32
+    img = Image.open(io.BytesIO(data))
+    assert hamming(h, phash64(img)) <= 2  # draft decoding of the bytes vs a full decode
+    assert -(1 << 63) <= to_int64(h) < 1 << 63 and to_int64(h) & ((1 << 64) - 1) == h
+    rgba = Image.open(DEMO_IMAGES / "horse.png")
+    assert rgba.mode == "RGBA" and phash64(rgba) != 0
+
+
+def test_lsh_bands():
+    assert lsh_bands(7) == (8, 8)
+    assert lsh_bands(8) == (9, 7)
+    assert lsh_bands(0) == (1, 64)
+    assert lsh_bands(15) == (16, 4)
+    with pytest.raises(ValueError, match="max_hamming"):
+        lsh_bands(32)
+
+
+@pytest.mark.parametrize("max_hamming", [0, 3, 7, 8, 12])
+def test_candidate_pairs_find_every_close_pair(max_hamming):
+    rng = np.random.default_rng(max_hamming)
+    h = rng.integers(-(1 << 63), (1 << 63) - 1, size=2000, dtype=np.int64)
+    u = h.view(np.uint64)
+    for k in range(40):  # planted pairs at every distance up to max_hamming + 2
+        flips = rng.choice(64, size=k % (max_hamming + 3), replace=False)
+        u[2 * k + 1] = u[2 * k] ^ np.uint64(sum(1 << int(f) for f in flips))
+    pairs, oversized = candidate_pairs(h, max_hamming, max_bucket=10**6)
+    dist = np.bitwise_count(u[:, None] ^ u[None, :])
+    brute = np.argwhere(np.triu(dist <= max_hamming, 1))
+    assert pairs.tolist() == brute.tolist()
+    assert not oversized.any()
+
+
+def test_oversized_buckets_are_not_searched():
+    h = np.zeros(10, dtype=np.int64)
+    pairs, oversized = candidate_pairs(h, 7, max_bucket=9)
+    assert len(pairs) == 0 and oversized.tolist() == [8] * 10
+    pairs, oversized = candidate_pairs(h, 7, max_bucket=10)
+    assert len(pairs) == 45 and not oversized.any()
+
+
+def test_connected_components_label_by_smallest_member():
+    pairs = [(4, 5), (1, 4), (2, 3)]
+    assert connected_components(7, pairs).tolist() == [0, 1, 2, 2, 1, 1, 6]
+    assert connected_components(7, pairs[::-1]).tolist() == [0, 1, 2, 2, 1, 1, 6]
+    assert connected_components(3, np.empty((0, 2), dtype=np.int64)).tolist() == [0, 1, 2]
+
+
+def test_params_reject_bad_values():
+    with pytest.raises(ValueError, match="max_hamming"):
+        Dedup.Params(max_hamming=40)
+    with pytest.raises(ValueError, match="max_bucket"):
+        Dedup.Params(max_bucket=1)
