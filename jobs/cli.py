@@ -46,12 +46,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.recipe import RecipeError, load_recipe
+    from pipeline.ray_env import RayEnvError, start_ray
+    from pipeline.readers import reader_for
+    from pipeline.recipe import RecipeError, check_stages, load_recipe
 
     try:
         recipe = load_recipe(args.recipe, args.sets, args.input)
-        from pipeline.ray_env import RayEnvError, start_ray
-
+        reader_for(recipe.input).plan(recipe.input)  # a missing input fails here, before Ray starts
+        check_stages(recipe)
         started = start_ray(args.out, num_cpus=args.num_cpus)
     except (RecipeError, RayEnvError) as e:
         print(f"vlcurate: {e}", file=sys.stderr)

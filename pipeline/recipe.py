@@ -49,6 +49,7 @@ class PackSpec(Section):
     max_len: PositiveInt = 8192
     window: PositiveInt | None = None
     packs_per_step: PositiveInt | None = None
+    packs_per_shard: PositiveInt = 256
     enabled: bool = True
 
 
@@ -184,6 +185,11 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
             raise _first_error(e, f"stages.{key}", cls.Params) from None
         if enabled:
             specs.append(StageSpec(key, use, cls, params, actors))
+    # (the `format:` section's stage is appended here, before packing)
+    if model.pack is not None and model.pack.enabled:
+        from pipeline.pack_stage import PackStage
+
+        specs.append(StageSpec("pack", "pack", PackStage, model.pack, 1))
     return Recipe(model, specs, raw)
 
 

@@ -23,7 +23,7 @@ from filters.base import Stage
 from pipeline import readers
 from pipeline.recipe import Recipe, RecipeError, parse_recipe
 from pipeline.schema import (
-    BINARY_COLUMNS,
+    HEAVY_COLUMNS,
     JSON_COLUMNS,
     bucket_of,
     concat,
@@ -278,6 +278,14 @@ class StepWorker:
                 by_bucket.setdefault(bucket_of(r["id"], buckets), []).append(r)
         for b, members in sorted(by_bucket.items()):
             self.store.write_parquet(rows_to_table(members), WORK, "buckets", f"{b:05d}", f"{part.name}.parquet")
+        by_pack: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r.get("drop_stage") is None and r.get("pack_shard") is not None:
+                by_pack.setdefault(int(r["pack_shard"]), []).append(r)
+        for k, members in sorted(by_pack.items()):
+            cols = ("id", "pack_id", "pack_pos", "input_ids", "labels", "images", "meta")
+            table = rows_to_table([{c: m.get(c) for c in cols} for m in members]).select(list(cols))
+            self.store.write_parquet(table, WORK, "packbuckets", f"{k:05d}", f"{part.name}.parquet")
         kept = sum(len(v) for v in by_bucket.values())
         return {"in": kept, "kept": kept, "dropped": {}}
 
@@ -393,7 +401,7 @@ def decide_global(recipe: Recipe, index: int, store: Store, step: str, parts: li
     for p in parts:
         path = store.path(WORK, step, f"{p.name}.parquet")
         names = pq.read_schema(path, filesystem=store.fs).names
-        keep = [n for n in names if n not in BINARY_COLUMNS and n not in JSON_COLUMNS]
+        keep = [n for n in names if n not in HEAVY_COLUMNS and n not in JSON_COLUMNS]
         tables.append(store.read_parquet(WORK, step, f"{p.name}.parquet", columns=keep))
     table = concat(tables)
     if "drop_stage" in table.schema.names:

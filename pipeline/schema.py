@@ -26,7 +26,9 @@ BASE_SCHEMA = pa.schema(
 BASE_COLUMNS = tuple(BASE_SCHEMA.names)
 JSON_COLUMNS = ("meta", "annotations", "messages")
 BINARY_COLUMNS = ("images", "video")
-NOT_SCORES = frozenset(BASE_COLUMNS) | {"video"}
+TOKEN_COLUMNS = ("input_ids", "labels")
+HEAVY_COLUMNS = (*BINARY_COLUMNS, *TOKEN_COLUMNS)
+NOT_SCORES = frozenset(BASE_COLUMNS) | {"video", *TOKEN_COLUMNS}
 
 
 def make_id(*parts: object) -> str:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.readers import Partition, fingerprint
 from pipeline.recipe import Recipe
-from pipeline.schema import BINARY_COLUMNS, JSON_COLUMNS, concat, score_columns
+from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS, concat, score_columns, table_to_rows
 from pipeline.storage import Store
 
 WORK = "_work"
@@ -97,12 +97,87 @@ def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) 
     return {"bucket": done}
 
 
+def write_pack_shard_task(batch: dict[str, Any], out: str, token_ids: dict[str, int],
+                          max_len: int) -> dict[str, list[Any]]:
+    """Ray task: assemble the packs of one pack shard from their members' rows and write packs/pack-K.tar."""
+    from pipeline.packing import assemble_pack, pack_cost, pack_tar_bytes
+
+    store = Store(out)
+    done = []
+    for shard in batch["shard"]:
+        k = f"{int(shard):05d}"
+        tables = [store.read_parquet(WORK, "packbuckets", k, n) for n in store.list(WORK, "packbuckets", k)
+                  if n.endswith(".parquet")]
+        rows = table_to_rows(concat(tables))
+        by_pack: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_pack.setdefault(r["pack_id"], []).append(r)
+        packs, index = [], []
+        name = f"pack-{k}.tar"
+        for pack_id in sorted(by_pack):
+            members = sorted(by_pack[pack_id], key=lambda r: r["pack_pos"])
+            spec = [{
+                "id": m["id"], "input_ids": m["input_ids"], "labels": m["labels"], "images": m["images"] or [],
+                "image_grid_thw": m["meta"].get("image_grid_thw") or [],
+                "video_grid_thw": m["meta"].get("video_grid_thw") or [],
+                "second_per_grid_ts": m["meta"].get("second_per_grid_ts") or [],
+                "is_video": bool(m["meta"].get("video_grid_thw")),
+            } for m in members]
+            pack = assemble_pack(spec, **token_ids)
+            packs.append((pack_id, pack))
+            lengths = [len(m["input_ids"]) for m in members]
+            index.append({"pack": pack_id, "shard": name, "members": [m["id"] for m in members],
+                          "lengths": lengths, "n_tokens": sum(lengths), "fill": sum(lengths) / max_len,
+                          "cost": pack_cost(list(range(len(lengths))), lengths)})
+        store.write_bytes(pack_tar_bytes(packs), "packs", name)
+        store.write_bytes(json.dumps(index).encode(), WORK, "packs", f"{k}.json")
+        done.append(int(shard))
+    return {"shard": done}
+
+
+def token_ids_for(recipe: Recipe) -> dict[str, int]:
+    """The vision token ids for M-RoPE, read from the recipe's tokenizer (defaults: the Qwen2 family's)."""
+    ids = {"vision_start_token_id": 151652, "image_token_id": 151655, "video_token_id": 151656}
+    fmt = recipe.model.format
+    if fmt is not None and fmt.tokenizer:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(fmt.tokenizer)
+        for key, token in (("vision_start_token_id", "<|vision_start|>"), ("image_token_id", "<|image_pad|>"),
+                           ("video_token_id", "<|video_pad|>")):
+            ids[key] = int(tok.convert_tokens_to_ids(token))
+    return ids
+
+
+def write_packs(recipe: Recipe, store: Store, log: Any = print) -> dict[str, Any]:
+    from pipeline.pack_stage import pack_summary
+    from pipeline.runner import _ray_map
+
+    spec = recipe.model.pack
+    shards = sorted(int(b) for b in store.list(WORK, "packbuckets"))
+    done = {n.removesuffix(".json") for n in store.list(WORK, "packs")}
+    todo = [k for k in shards if f"{k:05d}" not in done]
+    if todo:
+        log(f"[vlcurate] writing {len(todo)} pack shard(s)")
+        _ray_map([{"shard": k} for k in todo], write_pack_shard_task, out=store.uri,
+                 token_ids=token_ids_for(recipe), max_len=spec.max_len)
+    index = []
+    for k in shards:
+        index.extend(json.loads(store.read_bytes(WORK, "packs", f"{k:05d}.json")))
+    index.sort(key=lambda r: r["pack"])
+    table = pa.Table.from_pylist(index, schema=pa.schema([
+        ("pack", pa.string()), ("shard", pa.string()), ("members", pa.list_(pa.string())),
+        ("lengths", pa.list_(pa.int64())), ("n_tokens", pa.int64()), ("fill", pa.float64()), ("cost", pa.int64())]))
+    store.write_parquet(table, "packs.parquet")
+    return pack_summary({r["pack"]: r["lengths"] for r in index}, spec.max_len, spec.packs_per_step)
+
+
 def _final_tables(store: Store, parts: list[Partition], step: str) -> pa.Table:
     tables = []
     for p in parts:
         path = store.path(WORK, step, f"{p.name}.parquet")
         names = pq.read_schema(path, filesystem=store.fs).names
-        keep = [n for n in names if n not in BINARY_COLUMNS and n not in ("messages", "annotations")]
+        keep = [n for n in names if n not in HEAVY_COLUMNS and n not in ("messages", "annotations")]
         tables.append(store.read_parquet(WORK, step, f"{p.name}.parquet", columns=keep))
     return concat(tables)
 
@@ -143,11 +218,18 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: st
         "drop_stage": rejected["drop_stage"], "drop_reason": rejected["drop_reason"], "text": rejected["text"],
         "meta": rejected["meta"], **{s: rejected[s] for s in scores},
     })
+    if recipe.model.pack is not None and recipe.model.pack.enabled:
+        stats["pack"] = {**stats.get("pack", {}), "summary": write_packs(recipe, store, log=log)}
     store.write_parquet(manifest, "manifest.parquet")
     store.write_parquet(rejects, "rejects.parquet")
     job = {"recipe": recipe.resolved(), "versions": versions(), "input": fingerprint(recipe.input, parts),
            "partitions": len(parts), "buckets": recipe.model.output.buckets}
     store.write_bytes(json.dumps(job, indent=2, sort_keys=True).encode(), "job.json")
+    if recipe.model.output.exports:
+        from pipeline.exports import export_all
+
+        log(f"[vlcurate] exporting for {', '.join(recipe.model.output.exports)}")
+        export_all(store.uri, recipe.model.output.exports)
 
 
 def versions() -> dict[str, str]:

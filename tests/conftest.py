@@ -21,3 +21,8 @@ def ray_local():
                  log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Cluster tests run last: they stop every Ray process on the machine when they end."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)

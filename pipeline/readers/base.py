@@ -75,8 +75,13 @@ def load_image(fs: pafs.FileSystem, base_dir: str, value: Any) -> tuple[bytes | 
         return bytes(value), None, None
     if not isinstance(value, str) or not value:
         return None, None, "no_image"
+    if value.startswith(("http://", "https://")):
+        return None, value, "url_not_downloaded"  # fetching is img2dataset's job; then read its tars
     if is_remote(value):
-        fs2, p = resolve(value)
+        try:
+            fs2, p = resolve(value)
+        except (ValueError, OSError):
+            return None, value, "missing_file"
     else:
         fs2 = fs
         p = value if os.path.isabs(value) else posixpath.normpath(posixpath.join(base_dir, value))
@@ -90,6 +95,8 @@ def load_image(fs: pafs.FileSystem, base_dir: str, value: Any) -> tuple[bytes | 
 def record_to_row(rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs: pafs.FileSystem,
                   base_dir: str) -> dict[str, Any]:
     """A web-pair record (dict) -> row: images loaded, caption, answer, small scalar fields kept in meta."""
+    text = rec.get(spec.text_column)
+    row["text"] = text if isinstance(text, str) or text is None else str(text)
     images = rec.get(spec.image_column)
     values = images if isinstance(images, list) else ([images] if images is not None else [])
     for value in values:
@@ -99,8 +106,6 @@ def record_to_row(rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs:
         row["images"].append(data)
         if path:
             row["meta"].setdefault("image_paths", []).append(path)
-    text = rec.get(spec.text_column)
-    row["text"] = text if isinstance(text, str) or text is None else str(text)
     if spec.answer_column:
         ans = rec.get(spec.answer_column)
         row["answer"] = ans if isinstance(ans, str) or ans is None else json.dumps(ans)
