@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`.
 # Each creates .venv with Python 3.11 if missing and installs what it needs once (the stamp file).
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf demo_out
 	$(PY) -m jobs.run jobs/recipes/demo.yaml -o demo_out
 
 test: $(STAMP)

@@ -26,7 +26,6 @@ from pipeline.schema import (
     HEAVY_COLUMNS,
     JSON_COLUMNS,
     bucket_of,
-    concat,
     make_id,
     rows_to_table,
     table_to_rows,
@@ -395,15 +394,7 @@ def decide_global(recipe: Recipe, index: int, store: Store, step: str, parts: li
     """One decision over the id + score columns of every partition (never image bytes)."""
     spec = recipe.stages[index]
     stage = spec.build()
-    import pyarrow.parquet as pq
-
-    tables = []
-    for p in parts:
-        path = store.path(WORK, step, f"{p.name}.parquet")
-        names = pq.read_schema(path, filesystem=store.fs).names
-        keep = [n for n in names if n not in HEAVY_COLUMNS and n not in JSON_COLUMNS]
-        tables.append(store.read_parquet(WORK, step, f"{p.name}.parquet", columns=keep))
-    table = concat(tables)
+    table = store.read_folder(WORK, step, exclude=(*HEAVY_COLUMNS, *JSON_COLUMNS))
     if "drop_stage" in table.schema.names:
         import pyarrow.compute as pc
 

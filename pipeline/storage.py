@@ -70,6 +70,21 @@ class Store:
             columns = [c for c in columns if c in schema.names]
         return pq.read_table(self.path(*parts), columns=columns, filesystem=self.fs)
 
+    def read_folder(self, *parts: str, columns: list[str] | None = None, exclude: tuple[str, ...] = ()) -> pa.Table:
+        """All parquet files of a folder, concatenated in name order (schemas unified); `exclude` drops
+        columns before reading them (image bytes, token arrays)."""
+        tables = []
+        for name in self.list(*parts):
+            if name.endswith(".parquet"):
+                cols = columns
+                if exclude:
+                    names = pq.read_schema(self.path(*parts, name), filesystem=self.fs).names
+                    cols = [n for n in (columns or names) if n not in exclude]
+                tables.append(self.read_parquet(*parts, name, columns=cols))
+        if not tables:
+            return pa.table({})
+        return pa.concat_tables(tables, promote_options="permissive")
+
     def list(self, *parts: str) -> list[str]:
         """Names (not paths) of the entries of a folder, sorted; empty when it does not exist."""
         if not self.exists(*parts):

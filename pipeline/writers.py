@@ -14,11 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.readers import Partition, fingerprint
 from pipeline.recipe import Recipe
-from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS, concat, score_columns, table_to_rows
+from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS, score_columns, table_to_rows
 from pipeline.storage import Store
 
 WORK = "_work"
@@ -72,10 +71,7 @@ def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) 
     done = []
     for bucket in batch["bucket"]:
         b = f"{int(bucket):05d}"
-        tables = [store.read_parquet(WORK, "buckets", b, name) for name in store.list(WORK, "buckets", b)
-                  if name.endswith(".parquet")]
-        table = concat(tables)
-        table = table.sort_by("id")
+        table = store.read_folder(WORK, "buckets", b).sort_by("id")
         scores = score_columns(table.schema)
         rows = table.to_pylist()
         pieces: list[list[dict[str, Any]]] = [[]]
@@ -106,9 +102,7 @@ def write_pack_shard_task(batch: dict[str, Any], out: str, token_ids: dict[str, 
     done = []
     for shard in batch["shard"]:
         k = f"{int(shard):05d}"
-        tables = [store.read_parquet(WORK, "packbuckets", k, n) for n in store.list(WORK, "packbuckets", k)
-                  if n.endswith(".parquet")]
-        rows = table_to_rows(concat(tables))
+        rows = table_to_rows(store.read_folder(WORK, "packbuckets", k))
         by_pack: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             by_pack.setdefault(r["pack_id"], []).append(r)
@@ -172,14 +166,8 @@ def write_packs(recipe: Recipe, store: Store, log: Any = print) -> dict[str, Any
     return pack_summary({r["pack"]: r["lengths"] for r in index}, spec.max_len, spec.packs_per_step)
 
 
-def _final_tables(store: Store, parts: list[Partition], step: str) -> pa.Table:
-    tables = []
-    for p in parts:
-        path = store.path(WORK, step, f"{p.name}.parquet")
-        names = pq.read_schema(path, filesystem=store.fs).names
-        keep = [n for n in names if n not in HEAVY_COLUMNS and n not in ("messages", "annotations")]
-        tables.append(store.read_parquet(WORK, step, f"{p.name}.parquet", columns=keep))
-    return concat(tables)
+def _final_tables(store: Store, step: str) -> pa.Table:
+    return store.read_folder(WORK, step, exclude=(*HEAVY_COLUMNS, "messages", "annotations"))
 
 
 def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: str, stats: dict[str, Any],
@@ -198,7 +186,7 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: st
     for b in buckets:
         for row_id, name in json.loads(store.read_bytes(WORK, "shards", f"{b:05d}.json")):
             shard_of[row_id] = name
-    table = _final_tables(store, parts, step)
+    table = _final_tables(store, step)
     kept_mask = pc.is_null(table["drop_stage"])
     kept = table.filter(kept_mask).sort_by("id")
     rejected = table.filter(pc.invert(kept_mask)).sort_by("id")
