@@ -2,8 +2,9 @@
 
 Rule (SPEC-qwen §6): samples are packed *whole* (never split) into sequences of at most ``max_len``
 tokens; each member keeps its own position ids and the pack records ``cu_seqlens`` so attention never
-crosses members. This module only decides *which* samples go together and in which order packs are
-consumed; building the packed tensors is done elsewhere from the member lists returned here.
+crosses members. The first functions decide *which* samples go together and in which order packs are consumed;
+:func:`assemble_pack` builds one pack's tensors from its members and :func:`pack_tar_bytes` writes packs
+as a deterministic webdataset tar (DESIGN "Output layout": ``packs/``).
 
 Everything here works on sample lengths (token counts) and sample indices, with numpy only:
 
@@ -12,7 +13,9 @@ Everything here works on sample lengths (token counts) and sample indices, with 
   memory; under-filled bins are dissolved and their members carried into the next window;
 - :func:`balance_packs` — orders packs so that the packs consumed by one optimizer step (one per rank)
   cost about the same attention work (cost = sum of squared member lengths, :func:`pack_cost`);
-- :func:`fill_stats` — fill rate, the lower bound on the number of packs, and per-pack fill quantiles.
+- :func:`fill_stats` — fill rate, the lower bound on the number of packs, and per-pack fill quantiles;
+- :func:`assemble_pack` — one pack's input_ids / labels / 4-row position ids / cu_seqlens / media;
+- :func:`pack_tar_bytes` — packs as a byte-identical webdataset tar (read by pipeline.pack_dataset).
 
 Lengths above ``max_len`` or not positive are an error here: the caller rejects such samples beforehand
 with reason ``too_long`` (DESIGN: a bad record is data, not an exception).
@@ -20,8 +23,11 @@ with reason ``too_long`` (DESIGN: a bad record is data, not an exception).
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import operator
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -33,6 +39,8 @@ __all__ = [
     "pack_cost",
     "balance_packs",
     "fill_stats",
+    "assemble_pack",
+    "pack_tar_bytes",
 ]
 
 # bits per word of the two-level bitmap used to find the best-fitting open bin
@@ -388,3 +396,218 @@ def fill_stats(
     for q in (0, 5, 50, 95, 100):
         stats[f"p{q}"] = float(np.percentile(per_pack, q)) if n_packs else 0.0
     return stats
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building and writing packs (SPEC-qwen §5, §6; DESIGN "Output layout": packs/)
+
+_MEMBER_KEYS = (
+    "id",
+    "input_ids",
+    "labels",
+    "image_grid_thw",
+    "video_grid_thw",
+    "second_per_grid_ts",
+    "images",
+    "is_video",
+)
+# a webdataset key: no dot (webdataset splits the extension at the first one) and no slash
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _grid_list(grids: Any, what: str, member: str) -> list[list[int]]:
+    out = []
+    for g in grids if grids is not None else []:
+        g = [_to_int(v, f"{what} of member {member}") for v in g]
+        if len(g) != 3 or min(g) <= 0:
+            raise ValueError(f"{what} of member {member} must be [t, h, w] of positive integers, got {g}")
+        out.append(g)
+    return out
+
+
+def _media_names(
+    index: int, member: dict[str, Any], images: list[list[int]], videos: list[list[int]]
+) -> list[tuple[str, bytes]]:
+    """(suffix, bytes) of one member's media: ``m{index}.{k}.{ext}``, extension from the bytes' magic."""
+    from formatters.qwen import TEMPORAL_PATCH_SIZE
+    from pipeline.writers import image_extension  # lazy: writers pulls in the job machinery
+
+    data = list(member.get("images") or [])
+    mid = member["id"]
+    if member.get("is_video"):
+        if images:
+            raise ValueError(f"member {mid} is a video member but has image grids {images}")
+        if not videos:
+            raise ValueError(f"member {mid} is a video member without a video grid")
+        frames = TEMPORAL_PATCH_SIZE * sum(t for t, _, _ in videos)
+        if len(data) != frames:
+            raise ValueError(
+                f"video member {mid} has {len(data)} frames but its grids {videos} need {frames} "
+                f"({TEMPORAL_PATCH_SIZE} per temporal patch)"
+            )
+    elif len(data) != len(images):
+        raise ValueError(f"member {mid} has {len(data)} images but {len(images)} image grids")
+    out = []
+    for k, blob in enumerate(data):
+        if not isinstance(blob, bytes | bytearray | memoryview):
+            raise ValueError(f"image {k} of member {mid} is {type(blob).__name__}, not encoded bytes")
+        blob = bytes(blob)
+        out.append((f"m{index}.{k}.{image_extension(blob)}", blob))
+    return out
+
+
+def assemble_pack(
+    members: list[dict],
+    *,
+    version: str = "qwen2.5-vl",
+    vision_start_token_id: int = 151652,
+    image_token_id: int = 151655,
+    video_token_id: int = 151656,
+    spatial_merge_size: int = 2,
+    tokens_per_second: int = 2,
+) -> dict:
+    """One training sequence from whole samples (SPEC-qwen §6), members in the order given.
+
+    Each member is a dict with ``id`` (str), ``input_ids`` and ``labels`` (lists of int, equal lengths, pads
+    already expanded), ``image_grid_thw`` / ``video_grid_thw`` (lists of [t, h, w] in 14-px patches),
+    ``second_per_grid_ts`` (one float per video), ``images`` (encoded bytes: the member's images in order,
+    or for a video member its sampled frames, 2·t per video (temporal patch 2), videos in order) and ``is_video`` (bool).
+
+    Returns a dict:
+
+    - ``input_ids``, ``labels``: int64 (L,), the members' concatenated;
+    - ``position_ids``: int64 (4, L); row 0 the text positions 0 … len_i−1 of each member (transformers
+      builds the packed attention mask from it), rows 1–3 each member's own M-RoPE t/h/w computed as if it
+      were alone (:func:`formatters.rope.mrope_position_ids`, SPEC-qwen §5);
+    - ``cu_seqlens``: int32 (n+1,) = cumsum([0, len_1, …, len_n]);
+    - ``json``: {"members": [ids], "lengths", "image_grid_thw" / "video_grid_thw" /
+      "second_per_grid_ts" (one list per member), "is_video" (one bool per member), "media" (one list of
+      file suffixes per member), "n_tokens": L};
+    - ``media``: [(suffix, bytes)], suffix ``m{member}.{k}.{ext}`` (ext from the bytes' magic: jpg, png,
+      webp, gif, bin).
+
+    Raises ValueError for an empty pack, a member missing a key, unequal input_ids/labels lengths, an
+    empty member, media not matching the grids, or vision pads not matching the grids.
+    """
+    from formatters.rope import mrope_position_ids, text_position_row
+
+    if not members:
+        raise ValueError("a pack needs at least one member")
+    ids_parts, label_parts, pos_parts, lengths, media = [], [], [], [], []
+    doc: dict[str, Any] = {
+        "members": [],
+        "lengths": [],
+        "image_grid_thw": [],
+        "video_grid_thw": [],
+        "second_per_grid_ts": [],
+        "is_video": [],
+        "media": [],
+        "n_tokens": 0,
+    }
+    for index, member in enumerate(members):
+        missing = [k for k in _MEMBER_KEYS if k not in member]
+        if missing:
+            raise ValueError(f"pack member {index} lacks {', '.join(missing)}")
+        mid = str(member["id"])
+        input_ids = np.asarray(member["input_ids"], dtype=np.int64).reshape(-1)
+        labels = np.asarray(member["labels"], dtype=np.int64).reshape(-1)
+        if input_ids.size == 0:
+            raise ValueError(f"member {mid} has no tokens")
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"member {mid} has {input_ids.size} input_ids but {labels.size} labels")
+        images = _grid_list(member["image_grid_thw"], "image_grid_thw", mid)
+        videos = _grid_list(member["video_grid_thw"], "video_grid_thw", mid)
+        seconds = [float(s) for s in (member["second_per_grid_ts"] or [])]
+        if len(seconds) != len(videos):
+            raise ValueError(
+                f"member {mid} has {len(videos)} video grids but {len(seconds)} second_per_grid_ts"
+            )
+        try:
+            rope = mrope_position_ids(
+                input_ids,
+                images,
+                videos,
+                seconds,
+                version=version,
+                spatial_merge_size=spatial_merge_size,
+                tokens_per_second=tokens_per_second,
+                vision_start_token_id=vision_start_token_id,
+                image_token_id=image_token_id,
+                video_token_id=video_token_id,
+            )
+        except ValueError as e:
+            raise ValueError(f"member {mid}: {e}") from None
+        files = _media_names(index, member, images, videos)
+        ids_parts.append(input_ids)
+        label_parts.append(labels)
+        pos_parts.append(np.concatenate([text_position_row(input_ids.size)[None, :], rope], axis=0))
+        lengths.append(int(input_ids.size))
+        media.extend(files)
+        doc["members"].append(mid)
+        doc["image_grid_thw"].append(images)
+        doc["video_grid_thw"].append(videos)
+        doc["second_per_grid_ts"].append(seconds)
+        doc["is_video"].append(bool(member["is_video"]))
+        doc["media"].append([name for name, _ in files])
+    doc["lengths"] = lengths
+    doc["n_tokens"] = int(sum(lengths))
+    return {
+        "input_ids": np.concatenate(ids_parts),
+        "labels": np.concatenate(label_parts),
+        "position_ids": np.ascontiguousarray(np.concatenate(pos_parts, axis=1), dtype=np.int64),
+        "cu_seqlens": np.cumsum([0, *lengths]).astype(np.int32),
+        "json": doc,
+        "media": media,
+    }
+
+
+def _npy_bytes(arr: np.ndarray, dtype: str) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr, dtype=np.dtype(dtype)), allow_pickle=False)
+    return buf.getvalue()
+
+
+def pack_tar_bytes(packs: list[tuple[str, dict]]) -> bytes:
+    """A webdataset tar of packs (DESIGN "Output layout": packs/), byte-identical for the same input.
+
+    ``packs`` is [(key, pack)] with ``pack`` as :func:`assemble_pack` returns it; packs are written in the
+    order given (the order a trainer reads them: keep :func:`balance_packs`' order). Per pack:
+    ``KEY.json`` (the pack's ``json``, sorted keys, UTF-8), ``KEY.input_ids.npy``, ``KEY.labels.npy``
+    (int64 (L,)), ``KEY.position_ids.npy`` (int64 (4, L)), ``KEY.cu_seqlens.npy`` (int32 (n+1,)),
+    then ``KEY.m{i}.{k}.{ext}`` per medium. Fixed tar metadata (mtime 0, no owner, mode 0444); the tar
+    writer orders a pack's entries by name. Raises ValueError for a key with a dot or slash (webdataset
+    splits names at the first dot), a repeated key, or a pack whose arrays disagree in length.
+    """
+    import webdataset as wds
+
+    seen: set[str] = set()
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, encoder=False, mtime=0, user="", group="", mode=0o444) as tw:
+        for key, pack in packs:
+            if not isinstance(key, str) or not _KEY_RE.match(key):
+                raise ValueError(f"pack key {key!r} must be letters, digits, '_' or '-' (no dot or slash)")
+            if key in seen:
+                raise ValueError(f"pack key {key!r} appears twice")
+            seen.add(key)
+            n = int(np.asarray(pack["input_ids"]).size)
+            pos = np.asarray(pack["position_ids"])
+            cu = np.asarray(pack["cu_seqlens"])
+            if np.asarray(pack["labels"]).size != n or pos.shape != (4, n) or cu.size < 2 or int(cu[-1]) != n:
+                raise ValueError(
+                    f"pack {key}: input_ids ({n}), labels ({np.asarray(pack['labels']).size}), position_ids "
+                    f"{pos.shape} and cu_seqlens (ends at {int(cu[-1]) if cu.size else None}) disagree"
+                )
+            sample: dict[str, Any] = {
+                "__key__": key,
+                "json": json.dumps(pack["json"], sort_keys=True, ensure_ascii=False).encode("utf-8"),
+                "input_ids.npy": _npy_bytes(pack["input_ids"], "<i8"),
+                "labels.npy": _npy_bytes(pack["labels"], "<i8"),
+                "position_ids.npy": _npy_bytes(pos, "<i8"),
+                "cu_seqlens.npy": _npy_bytes(cu, "<i4"),
+            }
+            for suffix, data in pack["media"]:
+                if suffix in sample:
+                    raise ValueError(f"pack {key}: media name {suffix!r} repeated or reserved")
+                sample[suffix] = bytes(data)
+            tw.write(sample)
+    return buf.getvalue()
