@@ -11,6 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipeline.readers.base import Partition, fingerprint
+from pipeline.readers.grounding import CocoReader, RefCocoReader
+from pipeline.readers.ocr import Icdar2015Reader
+from pipeline.readers.qa import Gsm8kReader, HumanEvalReader, MathReader, QaJsonlReader, VqaV2Reader
+from pipeline.readers.video import VideoReader
 from pipeline.readers.web import FolderReader, JsonlReader, ParquetReader, WebDatasetReader
 from pipeline.recipe import InputSpec
 
@@ -19,6 +23,15 @@ READERS: dict[str, Any] = {
     "parquet": ParquetReader(),
     "webdataset": WebDatasetReader(),
     "folder": FolderReader(),
+    "coco": CocoReader(),
+    "refcoco": RefCocoReader(),
+    "icdar2015": Icdar2015Reader(),
+    "vqav2": VqaV2Reader(),
+    "gsm8k": Gsm8kReader(),
+    "math": MathReader(),
+    "humaneval": HumanEvalReader(),
+    "qa_jsonl": QaJsonlReader(),
+    "video": VideoReader(),
 }
 
 

@@ -1,0 +1,387 @@
+"""QA-with-ground-truth readers: GSM8K, MATH / MATH-500, HumanEval, a plain image QA jsonl, VQA v2 (DESIGN.md).
+
+jsonl formats (``.jsonl``, ``.json`` or ``.jsonl.gz``; a file or a folder of them; partitions of
+``input.partition_rows`` lines). Ids are make_id(file path relative to the input root, key) where key is
+``input.key_column``'s value when set, else the record's own id (HumanEval ``task_id``, MATH-500 ``unique_id``),
+else the 1-based line number. Text-only rows have ``images == []``.
+
+- ``gsm8k``: text = question; answer = the number after the last ``####``, normalised (whitespace, thousands
+  commas and ``$`` removed, ``12.0`` -> ``12``); meta.solution = the reasoning before ``####``.
+- ``math``: text = problem; answer = MATH-500's ``answer`` field when present, else the content of the last
+  ``\\boxed{...}`` (or ``\\fbox{...}``, ``\\boxed 5``) of the solution, braces balanced; meta.solution,
+  meta.subject (``subject``, or MATH's ``type``), meta.level (int; MATH's "Level 5" -> 5), meta.unique_id.
+- ``humaneval``: text = prompt; answer = canonical_solution (None when absent);
+  annotations = {"test", "entry_point", "task_id"}.
+- ``qa_jsonl``: web.py's record logic with image/question/answer as the default image/text/answer columns
+  (an ``input.image_column`` / ``text_column`` / ``answer_column`` set in the recipe wins); the image is optional.
+
+Drop reasons: ``invalid_utf8``, ``empty_line``, ``invalid_json`` (as the jsonl reader), ``missing_field`` (a
+required field absent or not a string), ``no_final_answer`` (gsm8k without ``####``, math without a boxed answer
+or with unbalanced braces), ``missing_file`` / ``no_image`` (qa_jsonl images).
+
+``vqav2``: input.path = the VQA v2 **questions** JSON (``{"questions": [...], "data_subtype": "train2014"}``);
+``input.options``: ``annotations`` (the annotations JSON; default: the file beside the questions whose name has
+"annotations" for "questions", or the official ``v2_mscoco_{subtype}_annotations.json``; ``null`` = questions
+only, no answers), ``image_dir`` (default: the questions file's folder), ``split`` (default ``data_subtype``):
+images are ``{image_dir}/COCO_{split}_{image_id:012d}.jpg``. One row per question in file order: images = [bytes],
+text = question, answer = the most common of the 10 answers (raw strings; a tie goes to the answer that occurs
+first in the annotators' order), annotations = {"answers": [10 strings], "question_id", "answer_type",
+"question_type"} (None where the file lacks them), meta = {"image_id", "file_name", "split"} (+
+"multiple_choice_answer" when the file has it). id = make_id(questions file, question_id). Drop reasons:
+``missing_file``, ``no_answers`` (no annotation for the question), ``missing_field``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import posixpath
+import re
+from collections import Counter
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from pipeline.readers.base import Partition, _files, _name, _rel, drop, load_image, record_to_row
+from pipeline.readers.grounding import cached, check_options, load_json, option_path, slices
+from pipeline.recipe import InputSpec, RecipeError
+from pipeline.schema import make_id, new_row
+from pipeline.storage import resolve
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz")
+
+
+def _read_text_file(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path, compression=None) as f:  # pyarrow would guess from the name otherwise
+        data = f.read()
+    return gzip.decompress(data) if path.endswith(".gz") else data
+
+
+class JsonlRecords:
+    """Line-partitioned jsonl (plain or gzip) with a per-record conversion `convert(rec, row, spec, fs, base)`."""
+
+    suffixes = JSONL_SUFFIXES
+    options: tuple[str, ...] = ()
+    record_key: str | None = None  # the record's own id field, used when input.key_column is not set
+
+    def rows_per_partition(self, spec: InputSpec) -> int:
+        return spec.partition_rows
+
+    def plan(self, spec: InputSpec) -> list[Partition]:
+        check_options(spec, self.options)
+        fs, root, files = _files(spec, self.suffixes)
+        size = self.rows_per_partition(spec)
+        parts = []
+        for path in files:
+            data = _read_text_file(fs, path)
+            offsets, n, pos = [0], 0, 0
+            while (nl := data.find(b"\n", pos)) >= 0:
+                n, pos = n + 1, nl + 1
+                if n % size == 0 and pos < len(data):
+                    offsets.append(pos)
+            if pos < len(data):
+                n += 1
+            ends = [*offsets[1:], len(data)]
+            for k, (off, end) in enumerate(zip(offsets, ends, strict=True)):
+                start = k * size
+                parts.append(Partition(_name(len(parts)), path, _rel(root, path), start, min(start + size, n),
+                                       off, end - off))
+        return parts
+
+    def read(self, spec: InputSpec, part: Partition) -> list[dict[str, Any]]:
+        fs, _ = resolve(spec.path)
+        if part.path.endswith(".gz"):
+            data = _read_text_file(fs, part.path)[part.offset:part.offset + part.nbytes]
+        else:
+            with fs.open_input_file(part.path) as f:
+                f.seek(part.offset)
+                data = f.read(part.nbytes)
+        lines = data.split(b"\n")
+        base = posixpath.dirname(part.path)
+        key_field = spec.key_column or self.record_key
+        rows = []
+        for i in range(part.stop - part.start):
+            line_no = part.start + i + 1
+            raw = lines[i] if i < len(lines) else b""
+            row = new_row(make_id(part.relpath, line_no), f"{part.relpath}:{line_no}")
+            try:
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                rows.append(drop(row, "invalid_utf8", str(e)[:200]))
+                continue
+            if not text.strip():
+                rows.append(drop(row, "empty_line"))
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as e:
+                rows.append(drop(row, "invalid_json", str(e)[:200]))
+                continue
+            if not isinstance(rec, dict):
+                rows.append(drop(row, "invalid_json", "line is not a JSON object"))
+                continue
+            if key_field and rec.get(key_field) is not None:
+                key = str(rec[key_field])
+                row["id"], row["source"] = make_id(part.relpath, key), f"{part.relpath}:{line_no}#{key}"
+            rows.append(self.convert(rec, row, spec, fs, base))
+        return rows
+
+    def convert(self, rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs: pafs.FileSystem,
+                base: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _require(rec: dict[str, Any], row: dict[str, Any], *fields: str) -> dict[str, Any] | None:
+    """None when every field is a non-empty string, else the row dropped with `missing_field`."""
+    missing = [f for f in fields if not isinstance(rec.get(f), str) or not rec[f].strip()]
+    return drop(row, "missing_field", ", ".join(missing)) if missing else None
+
+
+def _scalars(rec: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in rec.items()
+            if k not in skip and isinstance(v, str | int | float | bool) and len(str(v)) <= 1000}
+
+
+# ---------------------------------------------------------------------------------------------- GSM8K
+
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def normalize_number(s: str) -> str:
+    """GSM8K final answer: strip spaces, thousands commas and `$`; integral decimals lose `.0` ('12.50' stays)."""
+    s = s.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
+    if _NUMBER.fullmatch(s):
+        if "." in s:
+            whole, frac = s.split(".")
+            return whole if not frac.strip("0") else s
+        return str(int(s))
+    return s
+
+
+def split_gsm8k(answer: str) -> tuple[str, str] | None:
+    """(reasoning, final answer normalised) from a GSM8K answer ending `#### N`, or None without `####`."""
+    if "####" not in answer:
+        return None
+    reasoning, _, final = answer.rpartition("####")
+    final = normalize_number(final)
+    return (reasoning.strip(), final) if final else None
+
+
+class Gsm8kReader(JsonlRecords):
+    def convert(self, rec, row, spec, fs, base):
+        if (bad := _require(rec, row, "question", "answer")) is not None:
+            return bad
+        row["text"] = rec["question"]
+        parsed = split_gsm8k(rec["answer"])
+        row["meta"] = {**_scalars(rec, ("question", "answer")), "solution": rec["answer"]}
+        if parsed is None:
+            return drop(row, "no_final_answer", "answer has no '#### N'")
+        row["meta"]["solution"], row["answer"] = parsed
+        return row
+
+
+# ---------------------------------------------------------------------------------------------- MATH
+
+
+def _brace_group(s: str, i: int) -> int | None:
+    """s[i] == '{': the index just past its matching '}', or None when unbalanced (escaped braces skipped)."""
+    depth = 0
+    j = i
+    while j < len(s):
+        c = s[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    return None
+
+
+def last_boxed(solution: str) -> str | None:
+    """Content of the last \\boxed{...} / \\fbox{...} (braces balanced) or `\\boxed N`; None if none or unbalanced."""
+    starts = [m for m in re.finditer(r"\\(boxed|fbox)(?![A-Za-z])", solution)]
+    if not starts:
+        return None
+    m = starts[-1]
+    i = m.end()
+    while i < len(solution) and solution[i] == " ":
+        i += 1
+    if i < len(solution) and solution[i] == "{":
+        end = _brace_group(solution, i)
+        return solution[i + 1:end - 1] if end is not None else None
+    if i > m.end():  # "\boxed 5": up to the next $ or whitespace
+        tail = re.match(r"[^\s$]+", solution[i:])
+        return tail.group(0) if tail else None
+    return None
+
+
+def _level(v: Any) -> Any:
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*(?:Level\s*)?(\d+)\s*", v)
+        return int(m.group(1)) if m else v
+    return v
+
+
+class MathReader(JsonlRecords):
+    record_key = "unique_id"
+
+    def convert(self, rec, row, spec, fs, base):
+        if (bad := _require(rec, row, "problem")) is not None:
+            return bad
+        row["text"] = rec["problem"]
+        solution = rec.get("solution") if isinstance(rec.get("solution"), str) else None
+        meta = _scalars(rec, ("problem", "solution", "answer", "type"))
+        meta["solution"] = solution
+        meta["subject"] = rec.get("subject", rec.get("type"))
+        meta["level"] = _level(rec.get("level"))
+        row["meta"] = meta
+        answer = rec.get("answer")
+        if isinstance(answer, int | float) and not isinstance(answer, bool):
+            answer = str(answer)
+        if not isinstance(answer, str) or not answer.strip():
+            answer = last_boxed(solution) if solution else None
+        if answer is None or not answer.strip():
+            return drop(row, "no_final_answer", "no answer field and no balanced \\boxed{} in the solution")
+        row["answer"] = answer.strip()
+        return row
+
+
+# ---------------------------------------------------------------------------------------------- HumanEval
+
+
+class HumanEvalReader(JsonlRecords):
+    record_key = "task_id"
+
+    def convert(self, rec, row, spec, fs, base):
+        if (bad := _require(rec, row, "prompt", "test", "entry_point")) is not None:
+            return bad
+        row["text"] = rec["prompt"]
+        sol = rec.get("canonical_solution")
+        row["answer"] = sol if isinstance(sol, str) else None
+        row["annotations"] = {"test": rec["test"], "entry_point": rec["entry_point"], "task_id": rec.get("task_id")}
+        row["meta"] = _scalars(rec, ("prompt", "test", "entry_point", "canonical_solution"))
+        return row
+
+
+# ---------------------------------------------------------------------------------------------- plain QA jsonl
+
+
+class QaJsonlReader(JsonlRecords):
+    """image (optional) + question + answer columns; web.py's record_to_row does the work."""
+
+    def _spec(self, spec: InputSpec) -> InputSpec:
+        update = {}
+        for field, default in (("image_column", "image"), ("text_column", "question"), ("answer_column", "answer")):
+            if field not in spec.model_fields_set:
+                update[field] = default
+        return spec.model_copy(update=update) if update else spec
+
+    def convert(self, rec, row, spec, fs, base):
+        return record_to_row(rec, row, self._spec(spec), fs, base)
+
+
+# ---------------------------------------------------------------------------------------------- VQA v2
+
+
+def most_common(answers: list[str]) -> str:
+    """The most frequent answer; ties go to the one occurring first in the list."""
+    counts = Counter(answers)
+    best = max(counts.values())
+    return next(a for a in answers if counts[a] == best)
+
+
+def _questions(data: bytes, what: str) -> dict[str, Any]:
+    doc = load_json(data, what)
+    if not isinstance(doc, dict) or not isinstance(doc.get("questions"), list):
+        raise RecipeError(f"input.path: {what} is not a VQA questions file (no 'questions' list); "
+                          "format vqav2 takes the questions JSON as input.path")
+    return doc
+
+
+def _annotations(data: bytes, what: str) -> dict[Any, dict[str, Any]]:
+    doc = load_json(data, what)
+    if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
+        raise RecipeError(f"input.options.annotations: {what} is not a VQA annotations file")
+    return {a.get("question_id"): a for a in doc["annotations"] if isinstance(a, dict)}
+
+
+class VqaV2Reader:
+    options = ("annotations", "image_dir", "split")
+
+    def _load(self, spec: InputSpec) -> tuple[str, dict[str, Any], dict[Any, dict[str, Any]] | None]:
+        check_options(spec, self.options)
+        fs, path = resolve(spec.path)
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            raise RecipeError(f"input.path: format vqav2 needs the questions JSON file, not found: {spec.path}")
+        doc = cached(fs, path, "vqav2_questions", lambda b: _questions(b, spec.path))
+        if "annotations" in spec.options and spec.options["annotations"] is None:
+            return path, doc, None
+        afs, apath = option_path(spec, "annotations", self._default_annotations(fs, path, doc))
+        if afs.get_file_info(apath).type != pafs.FileType.File:
+            raise RecipeError(f"input.options.annotations: not found: {apath} (name the annotations JSON, "
+                              "or null for questions without answers)")
+        return path, doc, cached(afs, apath, "vqav2_annotations", lambda b: _annotations(b, apath))
+
+    @staticmethod
+    def _default_annotations(fs: pafs.FileSystem, path: str, doc: dict[str, Any]) -> str:
+        folder, name = posixpath.split(path)
+        candidates = [name.replace("questions", "annotations")]
+        if doc.get("data_subtype"):
+            candidates.append(f"v2_mscoco_{doc['data_subtype']}_annotations.json")
+        for c in candidates:
+            if c != name and fs.get_file_info(posixpath.join(folder, c)).type == pafs.FileType.File:
+                return posixpath.join(folder, c)
+        return posixpath.join(folder, candidates[-1])
+
+    def plan(self, spec: InputSpec) -> list[Partition]:
+        path, doc, _ = self._load(spec)
+        if not (spec.options.get("split") or doc.get("data_subtype")):
+            raise RecipeError("input.options.split: the questions file has no data_subtype; "
+                              "name the COCO split of the images (e.g. train2014)")
+        return slices(len(doc["questions"]), spec.partition_rows, path, posixpath.basename(path))
+
+    def read(self, spec: InputSpec, part: Partition) -> list[dict[str, Any]]:
+        path, doc, anns = self._load(spec)
+        split = str(spec.options.get("split") or doc.get("data_subtype"))
+        ifs, image_dir = option_path(spec, "image_dir", posixpath.dirname(path))
+        images: dict[Any, tuple[bytes | None, str | None]] = {}
+        rows = []
+        for i, q in enumerate(doc["questions"][part.start:part.stop]):
+            q = q if isinstance(q, dict) else {}
+            qid = q.get("question_id")
+            key = qid if qid is not None else f"#{part.start + i}"
+            row = new_row(make_id(part.relpath, key), f"{part.relpath}#{key}")
+            image_id = q.get("image_id")
+            if not isinstance(image_id, int) or not isinstance(q.get("question"), str) or qid is None:
+                rows.append(drop(row, "missing_field", "question, question_id and an int image_id are required"))
+                continue
+            file_name = f"COCO_{split}_{image_id:012d}.jpg"
+            row["text"] = q["question"]
+            row["meta"] = {"image_id": image_id, "file_name": file_name, "split": split}
+            if image_id not in images:
+                data, _, err = load_image(ifs, image_dir, file_name)
+                images = {image_id: (data, err)}  # questions of one image are consecutive: keep the last only
+            data, err = images[image_id]
+            if err:
+                rows.append(drop(row, err, f"{file_name} in {image_dir}"))
+                continue
+            row["images"] = [data]
+            ann = anns.get(qid) if anns is not None else None
+            answers = [str(a.get("answer")) for a in (ann or {}).get("answers") or [] if isinstance(a, dict)]
+            row["annotations"] = {"answers": answers, "question_id": qid,
+                                  "answer_type": (ann or {}).get("answer_type"),
+                                  "question_type": (ann or {}).get("question_type")}
+            if ann is not None and isinstance(ann.get("multiple_choice_answer"), str):
+                row["meta"]["multiple_choice_answer"] = ann["multiple_choice_answer"]
+            if anns is not None:
+                if not answers:
+                    rows.append(drop(row, "no_answers", f"no annotation with answers for question {qid}"))
+                    continue
+                row["answer"] = most_common(answers)
+            rows.append(row)
+        return rows
