@@ -247,13 +247,22 @@ def _make_class() -> type:
         ``urls``: shard paths/URIs, a folder, a brace pattern or a glob. ``processor``: the model's folder
         (``AutoProcessor``; ``AutoImageProcessor`` if it has no full processor) or a processor object; it is
         loaded lazily in each worker. ``shuffle``: shuffle the shard order and the packs inside a shard,
-        with ``seed`` + epoch (:meth:`set_epoch`); leave it off when packs were balanced.
+        with ``seed`` + epoch (:meth:`set_epoch`); leave it off when packs were balanced. ``split``:
+        ``"shard"`` (rank r reads shards r, r+W, ...) or ``"pack"`` (every rank reads every shard in order and
+        keeps packs r, r+W, ...: use it with ``pack.packs_per_step`` so each optimizer step's group of packs
+        lands one per rank).
         """
 
         def __init__(
-            self, urls: list[str] | str, processor: str | Any, shuffle: bool = False, *, seed: int = 0
+            self, urls: list[str] | str, processor: str | Any, shuffle: bool = False, *, seed: int = 0,
+            split: str = "shard",
         ) -> None:
             super().__init__()
+            if split not in ("shard", "pack"):
+                raise ValueError(f"split must be 'shard' or 'pack' (got {split!r})")
+            if split == "pack" and shuffle:
+                raise ValueError("split='pack' keeps the balanced pack order: it cannot shuffle")
+            self.split = split
             self.urls = expand_urls(urls)
             if not self.urls:
                 raise ValueError(f"no pack shards found at {urls!r}")
@@ -287,10 +296,33 @@ def _make_class() -> type:
             worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
             return pack_shards_for(urls, rank, world, worker, workers)
 
+        def _rank_worker(self) -> tuple[int, int, int, int]:
+            rank, world = 0, 1
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            info = get_worker_info()
+            worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+            return rank, world, worker, workers
+
+        def _packs_in_order(self) -> Iterator[dict[str, Any]]:
+            """split='pack': pack i of the whole ordered set goes to rank i % world, so each step's group of
+            `packs_per_step` balanced packs is spread over the ranks; DataLoader workers take turns."""
+            rank, world, worker, workers = self._rank_worker()
+            i = 0
+            for url in self.urls:
+                for pack in iter_packs(url):
+                    if i % world == rank and (i // world) % workers == worker:
+                        yield pack
+                    i += 1
+
         def __iter__(self) -> Iterator[dict[str, Any]]:
             if self._processors is None:
                 self._processors = _load_processors(self.processor)
             image_processor, video_processor = self._processors
+            if self.split == "pack":
+                for pack in self._packs_in_order():
+                    yield pack_model_inputs(pack, image_processor, video_processor)
+                return
             for url in self.shards():
                 packs: Iterator[dict[str, Any]] = iter_packs(url)
                 if self.shuffle:

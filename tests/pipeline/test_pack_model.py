@@ -233,3 +233,28 @@ def test_recorded_grid_mismatch_is_an_error(tiny: tuple, tmp_path: Path) -> None
     member["images"] = [_png(np.zeros((60, 90, 3), dtype=np.uint8))]  # not the smart_resize size
     with pytest.raises(ValueError, match="grids"):
         _read_one(tmp_path, [member], path)
+
+
+def test_split_by_pack_keeps_the_global_order(tiny: tuple, tmp_path: Path, monkeypatch) -> None:
+    """split='pack': rank r keeps packs r, r+W, ... of the whole ordered set; DataLoader workers take turns."""
+    path, processor, _ = tiny
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    order = []
+    for s in range(2):
+        packs = []
+        for p in range(3):
+            members = [_image_member(0, processor.tokenizer, rng, f"Pack {s} {p}.")]
+            packs.append((f"p{s}{p}", assemble_pack(members)))
+            order.append(tuple(packs[-1][1]["input_ids"].tolist()))
+        (folder / f"pack-{s:05d}.tar").write_bytes(pack_tar_bytes(packs))
+    ds = PackDataset(str(folder), path, split="pack")
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    assert [tuple(b["input_ids"][0].tolist()) for b in loader] == order
+    for rank in range(2):
+        monkeypatch.setattr(type(ds), "_rank_worker", lambda self, r=rank: (r, 2, 0, 1))
+        got = [tuple(p["input_ids"].tolist()) for p in ds._packs_in_order()]
+        assert got == order[rank::2]
+    with pytest.raises(ValueError, match="cannot shuffle"):
+        PackDataset(str(folder), path, shuffle=True, split="pack")
