@@ -36,12 +36,21 @@ class InputSpec(Section):
 
 
 class FormatSpec(Section):
+    """The `format:` section: the sample builder (formatters.builders.BUILDERS) and how samples are measured.
+
+    `tokenizer` is a local tokenizer / model directory; `min_pixels` / `max_pixels` are the image resize
+    limits every sample records; `pre_resize` stores images resized to exactly W'xH' (qwen2-vl, qwen2.5-vl);
+    `max_tokens` rejects longer samples (`too_many_tokens`); `options` are the builder's own options.
+    """
+
     builder: str
     tokenizer: str | None = None
     dialect: Literal["qwen-vl", "qwen2-vl", "qwen2.5-vl"] = "qwen2.5-vl"
     min_pixels: PositiveInt = 4 * 28 * 28
     max_pixels: PositiveInt = 16384 * 28 * 28
     pre_resize: bool = True
+    add_vision_id: bool = False
+    max_tokens: PositiveInt | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -77,6 +86,12 @@ class StageSpec:
     cls: type[Stage]
     params: Any
     actors: int
+    section: str | None = None  # "format" / "pack": a stage made from that recipe section, not from `stages`
+
+    @property
+    def where(self) -> str:
+        """The recipe key its parameters live under, for error messages."""
+        return self.section or f"stages.{self.key}"
 
     def build(self) -> Stage:
         return self.cls(self.params, name=self.key)
@@ -96,7 +111,8 @@ class Recipe:
         """The recipe with every default filled in (written to job.json)."""
         out = self.model.model_dump(mode="json")
         out["stages"] = {
-            s.key: {"use": s.use, "actors": s.actors, **s.params.model_dump(mode="json")} for s in self.stages
+            s.key: {"use": s.use, "actors": s.actors, **s.params.model_dump(mode="json")}
+            for s in self.stages if s.section is None
         }
         return out
 
@@ -185,12 +201,32 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
             raise _first_error(e, f"stages.{key}", cls.Params) from None
         if enabled:
             specs.append(StageSpec(key, use, cls, params, actors))
-    # (the `format:` section's stage is appended here, before packing)
+    if model.format is not None:
+        specs.append(_format_stage(model.format, [s.key for s in specs]))
     if model.pack is not None and model.pack.enabled:
         from pipeline.pack_stage import PackStage
 
-        specs.append(StageSpec("pack", "pack", PackStage, model.pack, 1))
+        specs.append(StageSpec("pack", "pack", PackStage, model.pack, 1, section="pack"))
     return Recipe(model, specs, raw)
+
+
+def _format_stage(spec: FormatSpec, keys: list[str]) -> StageSpec:
+    """The `format:` section as a stage (expand), after the recipe's stages; builder and options validated."""
+    from formatters.builders import BUILDERS, options_for
+    from pipeline.format_stage import Format
+
+    if "format" in keys:
+        raise RecipeError("stages.format: the name 'format' is reserved for the format section; rename the stage")
+    if spec.builder not in BUILDERS:
+        raise RecipeError(f"format.builder: unknown builder {spec.builder!r} (known: {', '.join(BUILDERS)})")
+    if spec.max_pixels < spec.min_pixels:
+        raise RecipeError(f"format.max_pixels: must be >= format.min_pixels ({spec.min_pixels}) "
+                          f"(got {spec.max_pixels})")
+    try:
+        options_for(spec.builder, spec.options)
+    except ValueError as e:
+        raise RecipeError(f"format.options.{e}") from None
+    return StageSpec("format", "format", Format, spec, 1, section="format")
 
 
 def load_recipe(path: str, sets: list[str] = (), input_path: str | None = None) -> Recipe:
@@ -221,4 +257,4 @@ def check_stages(recipe: Recipe) -> None:
         try:
             spec.build().check()
         except ValueError as e:
-            raise RecipeError(f"stages.{spec.key}.{e}" if not str(e).startswith(" ") else str(e)) from None
+            raise RecipeError(f"{spec.where}.{e}") from None

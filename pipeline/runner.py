@@ -156,6 +156,7 @@ def apply_expand(stage: Stage, rows: list[dict[str, Any]]) -> tuple[list[dict[st
     out: list[dict[str, Any]] = []
     stat = _stat()
     reasons: Counter[str] = Counter()
+    child_reasons: Counter[str] = Counter()
     samples = 0
     for row in rows:
         if row.get("drop_stage") is not None:
@@ -176,6 +177,10 @@ def apply_expand(stage: Stage, rows: list[dict[str, Any]]) -> tuple[list[dict[st
         for j, child in enumerate(result):
             sample = {k: copy.deepcopy(v) if k in JSON_COLUMNS else v for k, v in row.items()}
             sample.update(child)
+            if child.get("drop_reason"):
+                child_reasons[child["drop_reason"]] += 1
+                sample["drop_stage"] = child.get("drop_stage") or stage.name
+                sample["images"] = []
             sample["parent_id"] = row["id"]
             sample["id"] = make_id(row["id"], stage.name, j)
             sample["source"] = f"{row['source']}#{stage.name}[{j}]"
@@ -184,6 +189,7 @@ def apply_expand(stage: Stage, rows: list[dict[str, Any]]) -> tuple[list[dict[st
     stat["dropped"] = dict(sorted(reasons.items()))
     stat["kept"] = stat["in"] - sum(reasons.values())
     stat["samples"] = samples
+    stat["samples_dropped"] = dict(sorted(child_reasons.items()))
     return out, stat
 
 
@@ -318,8 +324,8 @@ def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_c
 
 def _merge_stats(total: dict[str, Any], stat: dict[str, Any]) -> None:
     for k, v in stat.items():
-        if k == "dropped":
-            d = total.setdefault("dropped", {})
+        if isinstance(v, dict):
+            d = total.setdefault(k, {})
             for reason, n in v.items():
                 d[reason] = d.get(reason, 0) + n
         elif isinstance(v, int | float):
