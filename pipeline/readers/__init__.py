@@ -13,7 +13,14 @@ from typing import Any
 from pipeline.readers.base import Partition, fingerprint
 from pipeline.readers.grounding import CocoReader, RefCocoReader
 from pipeline.readers.ocr import Icdar2015Reader
-from pipeline.readers.qa import Gsm8kReader, HumanEvalReader, MathReader, QaJsonlReader, VqaV2Reader
+from pipeline.readers.qa import (
+    GqaReader,
+    Gsm8kReader,
+    HumanEvalReader,
+    MathReader,
+    QaJsonlReader,
+    VqaV2Reader,
+)
 from pipeline.readers.video import VideoReader
 from pipeline.readers.web import FolderReader, JsonlReader, ParquetReader, WebDatasetReader
 from pipeline.recipe import InputSpec
@@ -27,6 +34,7 @@ READERS: dict[str, Any] = {
     "refcoco": RefCocoReader(),
     "icdar2015": Icdar2015Reader(),
     "vqav2": VqaV2Reader(),
+    "gqa": GqaReader(),
     "gsm8k": Gsm8kReader(),
     "math": MathReader(),
     "humaneval": HumanEvalReader(),

@@ -385,3 +385,53 @@ class VqaV2Reader:
                 row["answer"] = most_common(answers)
             rows.append(row)
         return rows
+
+
+class GqaReader:
+    """GQA-style questions: a JSON object {question_id: {"imageId", "question", "answer", "fullAnswer", ...}}
+    (GQA's `*_questions.json`), images `{image_dir}/{imageId}.jpg` (`input.options.image_dir`, default the
+    `images/` folder beside the questions file). One row per question in file order: images = [bytes],
+    text = question, answer = the short answer, annotations = {"question_id", "full_answer", "types"},
+    meta = {"image_id", "file_name"}. Drop reasons: ``missing_field``, ``missing_file``."""
+
+    options = ("image_dir",)
+
+    def _load(self, spec: InputSpec) -> tuple[str, list[tuple[str, Any]]]:
+        check_options(spec, self.options)
+        fs, path = resolve(spec.path)
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            raise RecipeError(f"input.path: format gqa needs the questions JSON file, not found: {spec.path}")
+
+        def parse(data: bytes) -> list[tuple[str, Any]]:
+            doc = load_json(data, spec.path)
+            if not isinstance(doc, dict):
+                raise RecipeError(f"input.path: {spec.path} is not a GQA questions file (an object of questions)")
+            return list(doc.items())
+
+        return path, cached(fs, path, "gqa_questions", parse)
+
+    def plan(self, spec: InputSpec) -> list[Partition]:
+        path, items = self._load(spec)
+        return slices(len(items), spec.partition_rows, path, posixpath.basename(path))
+
+    def read(self, spec: InputSpec, part: Partition) -> list[dict[str, Any]]:
+        path, items = self._load(spec)
+        ifs, image_dir = option_path(spec, "image_dir", posixpath.join(posixpath.dirname(path), "images"))
+        rows = []
+        for qid, q in items[part.start:part.stop]:
+            row = new_row(make_id(part.relpath, qid), f"{part.relpath}#{qid}")
+            q = q if isinstance(q, dict) else {}
+            if not all(isinstance(q.get(k), str) for k in ("imageId", "question", "answer")):
+                rows.append(drop(row, "missing_field", "imageId, question and answer are required"))
+                continue
+            file_name = f"{q['imageId']}.jpg"
+            row["text"], row["answer"] = q["question"], q["answer"]
+            row["annotations"] = {"question_id": qid, "full_answer": q.get("fullAnswer"), "types": q.get("types")}
+            row["meta"] = {"image_id": q["imageId"], "file_name": file_name}
+            data, _, err = load_image(ifs, image_dir, file_name)
+            if err:
+                rows.append(drop(row, err, f"{file_name} in {image_dir}"))
+                continue
+            row["images"] = [data]
+            rows.append(row)
+        return rows

@@ -467,3 +467,23 @@ def test_video_jsonl_folder_and_rejects(tmp_path):
         rows(tmp_path / "clips", "video", options={"fpss": 1})
     with pytest.raises(RecipeError, match="input.options.max_pixels"):
         rows(tmp_path / "clips", "video", options={"max_pixels": 64 * 28 * 28})
+
+
+def test_gqa_questions(tmp_path):
+    (tmp_path / "images").mkdir()
+    src = DATA / "qa" / "vqav2" / "COCO_train2014_000000458752.jpg"
+    (tmp_path / "images" / "2354786.jpg").write_bytes(src.read_bytes())
+    questions = {
+        "02930152": {"imageId": "2354786", "question": "Is the sky dark?", "answer": "yes",
+                     "fullAnswer": "Yes, the sky is dark.", "types": {"structural": "verify"}},
+        "07333408": {"imageId": "2354786", "question": "What is on the table?", "answer": "plate"},
+        "07333409": {"imageId": "999", "question": "What color is it?", "answer": "red"},
+        "07333410": {"imageId": "2354786", "question": "No answer here"},
+    }
+    (tmp_path / "val_balanced_questions.json").write_text(json.dumps(questions))
+    rs = rows(tmp_path / "val_balanced_questions.json", "gqa", partition_rows=3)
+    assert [(r["text"], r["answer"]) for r in rs[:2]] == [("Is the sky dark?", "yes"), ("What is on the table?", "plate")]
+    assert rs[0]["images"] == [src.read_bytes()]
+    assert rs[0]["annotations"]["full_answer"] == "Yes, the sky is dark."
+    assert rs[0]["id"] == make_id("val_balanced_questions.json", "02930152")
+    assert [r["drop_reason"] for r in rs[2:]] == ["missing_file", "missing_field"]
