@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--packs", action="store_true", help="show fill per pack and the fill distribution")
     ins.add_argument("--render", metavar="DIR", help="also write the shown samples' images to DIR")
     ins.add_argument("--json", action="store_true", help="one JSON object per line")
+    rep = sub.add_parser("report", help="write OUT/report.html: funnel, drop reasons, score histograms, packing")
+    rep.add_argument("out", help="job output folder")
     return p
 
 
@@ -42,7 +44,21 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.inspect import inspect_job
 
         return inspect_job(args)
+    if args.command == "report":
+        return _report(args)
     return 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from jobs.report import build_report
+
+    try:
+        path = build_report(args.out)
+    except FileNotFoundError as e:
+        print(f"vlcurate: {args.out}: not a finished vlcurate job folder ({e.filename or e})", file=sys.stderr)
+        return 2
+    print(f"vlcurate: wrote {path}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -85,3 +85,13 @@ def test_inspect(demo_job, capsys):
     assert kept[0]["id"] in text and "images:" in text
     assert main(["inspect", str(demo_job), "--reason", "no_such_reason"]) == 1
     assert "present:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report(demo_job, capsys):
+    assert main(["report", str(demo_job)]) == 0
+    page = (demo_job / "report.html").read_text()
+    for stage in ("read", "image_check", "caption_check"):
+        assert f"<td>{stage}</td>" in page
+    assert "truncated" in page and "<b>width</b>" in page and "<svg" in page
+    assert main(["report", str(demo_job / "nope")]) == 2
