@@ -39,6 +39,9 @@ class Stage:
     ``num_cpus`` / ``num_gpus`` are the resources one copy of the stage needs; a stage with
     ``holds_model = True`` runs in a Ray actor pool and ``setup()`` runs once per actor (load weights there,
     never in ``__init__``). ``batch_size`` is the number of rows handed to ``score`` at once.
+    ``decision_params`` names the parameters that change only the decision, not the scores: a model stage's
+    scores from an earlier job whose other parameters were the same are reused (`vlcurate regen-sft`).
+    Columns a stage returns whose names start with ``_`` are scratch: used by ``decide``, never stored.
     """
 
     kind: ClassVar[StageKind] = "map"
@@ -47,6 +50,7 @@ class Stage:
     num_cpus: ClassVar[float] = 1.0
     num_gpus: ClassVar[float] = 0.0
     batch_size: ClassVar[int] = 64
+    decision_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Params | None = None, name: str | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -51,6 +51,7 @@ class ClipScore(Stage):
     kind = "global"
     holds_model = True
     batch_size = 64
+    decision_params = ("min_clip_score", "keep_top_fraction", "device", "encode_batch_size")
 
     def __init__(self, params: Params | None = None, name: str | None = None) -> None:
         super().__init__(params, name)

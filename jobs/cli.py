@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from typing import Any
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--packs", action="store_true", help="show fill per pack and the fill distribution")
     ins.add_argument("--render", metavar="DIR", help="also write the shown samples' images to DIR")
     ins.add_argument("--json", action="store_true", help="one JSON object per line")
+    regen = sub.add_parser("regen-sft", help="rerun a finished job with other selection rules, reusing its "
+                           "model scores (no GPU needed when only decisions change)",
+                           description="Rerun OUT's recipe (job.json) with --set overrides into NEW_OUT. Model "
+                           "stages whose parameters are unchanged apart from their decision thresholds take "
+                           "OUT's scores instead of loading the model.")
+    regen.add_argument("out", help="a finished job folder")
+    regen.add_argument("-o", "--out", dest="new_out", required=True, help="the new output folder")
+    regen.add_argument("--input", help="override input.path (default: the input OUT read)")
+    regen.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="override recipe keys, e.g. --set stages.clip_score.keep_top_fraction=0.2")
+    regen.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+
     rep = sub.add_parser("report", help="write OUT/report.html: funnel, drop reasons, score histograms, packing")
     rep.add_argument("out", help="job output folder")
     return p
@@ -46,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return inspect_job(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "regen-sft":
+        return _regen(args)
     return 2
 
 
@@ -62,22 +78,51 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipeline.recipe import load_recipe
+
+    return _execute(lambda: load_recipe(args.recipe, args.sets, args.input), args.out, args.num_cpus)
+
+
+def _regen(args: argparse.Namespace) -> int:
+    """Rerun a finished job's recipe with overrides into a new folder, reusing its model scores."""
+    from pipeline.recipe import RecipeError, parse_recipe, set_dotted
+    from pipeline.storage import Store
+
+    def load():  # noqa: ANN202
+        store = Store(args.out)
+        if not store.exists("job.json"):
+            raise RecipeError(f"{args.out}: no job.json (is this a finished vlcurate job folder?)")
+        job = json.loads(store.read_bytes("job.json"))
+        raw = job["recipe"]
+        for section in ("format", "pack"):
+            if raw.get(section) is None:
+                raw.pop(section, None)
+        raw["input"]["path"] = args.input or job.get("input_path") or raw["input"]["path"]
+        for assignment in args.sets:
+            set_dotted(raw, assignment)
+        return parse_recipe(raw)
+
+    return _execute(load, args.new_out, args.num_cpus, reuse_from=args.out)
+
+
+def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str | None = None) -> int:
     from pipeline.ray_env import RayEnvError, start_ray
     from pipeline.readers import reader_for
-    from pipeline.recipe import RecipeError, check_stages, load_recipe
+    from pipeline.recipe import RecipeError, check_stages
 
     try:
-        recipe = load_recipe(args.recipe, args.sets, args.input)
+        recipe = load_recipe()
         reader_for(recipe.input).plan(recipe.input)  # a missing input fails here, before Ray starts
-        check_stages(recipe)
-        started = start_ray(args.out, num_cpus=args.num_cpus)
+        if reuse_from is None:
+            check_stages(recipe)
+        started = start_ray(out, num_cpus=num_cpus)
     except (RecipeError, RayEnvError) as e:
         print(f"vlcurate: {e}", file=sys.stderr)
         return 2
     try:
         from pipeline.runner import run_job
 
-        result = run_job(recipe, args.out, log=lambda m: print(m, flush=True))
+        result = run_job(recipe, out, log=lambda m: print(m, flush=True), reuse_from=reuse_from)
     except RecipeError as e:
         print(f"vlcurate: {e}", file=sys.stderr)
         return 2

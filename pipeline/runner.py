@@ -72,7 +72,8 @@ def plan_steps(recipe: Recipe) -> list[Step]:
                 flush()
             kind = {"map": "map", "global": "score", "expand": "expand"}[cls.kind]
             ops = [*pending, Op(kind, spec.key, i)]
-            flush(holds_model=True, num_cpus=cls.num_cpus, num_gpus=cls.num_gpus, actors=spec.actors)
+            built = spec.build()  # an instance may ask for more than its class (a `device: cuda` parameter)
+            flush(holds_model=True, num_cpus=built.num_cpus, num_gpus=built.num_gpus, actors=spec.actors)
             if cls.kind == "global":
                 ops = [Op("apply", spec.key, i)]
             continue
@@ -215,16 +216,21 @@ def apply_decisions(key: str, rows: list[dict[str, Any]], decisions: dict[str, d
 class StepWorker:
     """Runs one step over partitions: built once per task or actor (stage `setup()` here)."""
 
-    def __init__(self, raw_recipe: dict[str, Any], out: str, step: dict[str, Any], prev: str | None) -> None:
+    def __init__(self, raw_recipe: dict[str, Any], out: str, step: dict[str, Any], prev: str | None,
+                 reuse: dict[str, Any] | None = None) -> None:
         self.recipe = parse_recipe(raw_recipe)
         self.store = Store(out)
         self.step = Step(step["name"], [Op(**o) for o in step["ops"]])
         self.prev = prev
-        self.stages: dict[str, Stage] = {}
+        self.stages: dict[str, Any] = {}
+        reuse = reuse or {}
         for op in self.step.ops:
             if op.kind in ("map", "score", "expand"):
                 stage = self.recipe.stages[op.stage_index].build()
-                stage.setup()
+                if op.key in reuse:
+                    stage = ReusedScores(stage, load_scores(reuse[op.key], stage.score_columns()))
+                else:
+                    stage.setup()
                 self.stages[op.key] = stage
         self.decisions: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -257,6 +263,8 @@ class StepWorker:
                         "dropped": dict(sorted(dropped.items()))}
             elif op.kind in ("map", "score"):
                 stat = apply_map(self.stages[op.key], rows, decide=op.kind == "map")
+                if isinstance(self.stages[op.key], ReusedScores):
+                    stat["scores_reused"] = self.stages[op.key].take_reused()
             elif op.kind == "expand":
                 rows, stat = apply_expand(self.stages[op.key], rows)
             elif op.kind == "apply":
@@ -267,7 +275,7 @@ class StepWorker:
                 raise ValueError(f"unknown op {op.kind}")
             stat["seconds"] = round(time.perf_counter() - t, 4)
             if op.kind == "score":  # counted when the decision is applied, in the next step
-                stat = {"seconds": stat["seconds"]}
+                stat = {k: stat[k] for k in ("seconds", "scores_reused") if k in stat}
             stats[op.key] = stat
         self.store.write_parquet(rows_to_table(rows), WORK, self.step.name, f"{part.name}.parquet")
         marker = {"partition": part.name, "rows": len(rows), "seconds": round(time.perf_counter() - t0, 4),
@@ -295,10 +303,82 @@ class StepWorker:
         return {"in": kept, "kept": kept, "dropped": {}}
 
 
+class ReusedScores:
+    """A model stage whose scores an earlier job already computed (same parameters but `decision_params`):
+    rows it scored get those scores; only the others reach the model, which is loaded on first need."""
+
+    def __init__(self, stage: Stage, cache: dict[str, dict[str, Any]]) -> None:
+        self.stage, self.cache, self.ready, self.reused = stage, cache, False, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stage, name)
+
+    def take_reused(self) -> int:
+        n, self.reused = self.reused, 0
+        return n
+
+    def score(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        ids = batch["id"]
+        cols: dict[str, list[Any]] = {c: [None] * len(ids) for c in self.stage.score_columns()}
+        missing = []
+        for i, row_id in enumerate(ids):
+            cached = self.cache.get(row_id)
+            if cached is None:
+                missing.append(i)
+                continue
+            for c, v in cached.items():
+                cols[c][i] = v
+            self.reused += 1
+        if missing:
+            if not self.ready:
+                self.stage.check()
+                self.stage.setup()
+                self.ready = True
+            got = self.stage.score({k: [v[i] for i in missing] for k, v in batch.items()})
+            for c, values in got.items():
+                cols.setdefault(c, [None] * len(ids))
+                for i, v in zip(missing, values, strict=True):
+                    cols[c][i] = v
+        return cols
+
+    def decide(self, batch: dict[str, list[Any]]) -> list[str | None]:
+        return self.stage.decide(batch)
+
+
+def load_scores(source: dict[str, Any], columns: list[str]) -> dict[str, dict[str, Any]]:
+    """id -> score columns, from an earlier job's final step (rows it never scored are left out)."""
+    table = Store(source["uri"]).read_folder(WORK, source["step"], columns=["id", *columns])
+    present = [c for c in columns if c in table.column_names]
+    out = {}
+    for row in table.select(["id", *present]).to_pylist():
+        scores = {c: row[c] for c in present}
+        if any(v is not None for v in scores.values()):
+            out[row.pop("id")] = scores
+    return out
+
+
+def reusable_scores(recipe: Recipe, old_out: str) -> dict[str, dict[str, Any]]:
+    """The model stages of `recipe` whose scores the job in `old_out` computed with the same parameters
+    (apart from the stage's `decision_params`)."""
+    old_store = Store(old_out)
+    job = json.loads(old_store.read_bytes("job.json"))
+    old_stages = job["recipe"].get("stages", {})
+    out = {}
+    for spec in recipe.stages:
+        old = old_stages.get(spec.key)
+        if not spec.cls.holds_model or old is None or old.get("use") != spec.use:
+            continue
+        new = {"use": spec.use, **spec.params.model_dump(mode="json")}
+        drop = set(spec.cls.decision_params) | {"actors"}
+        if {k: v for k, v in new.items() if k not in drop} == {k: v for k, v in old.items() if k not in drop}:
+            out[spec.key] = {"uri": old_out, "step": job["final_step"]}
+    return out
+
+
 def run_step_task(batch: dict[str, Any], raw_recipe: dict[str, Any], out: str, step: dict[str, Any],
-                  prev: str | None) -> dict[str, list[Any]]:
+                  prev: str | None, reuse: dict[str, Any] | None = None) -> dict[str, list[Any]]:
     """Stateless steps run as plain Ray tasks: build the stages, run the partitions of this batch."""
-    return StepWorker(raw_recipe, out, step, prev)(batch)
+    return StepWorker(raw_recipe, out, step, prev, reuse)(batch)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -339,13 +419,17 @@ class JobResult:
     skipped_partitions: int
 
 
-def run_job(recipe: Recipe, out: str, log: Any = print) -> JobResult:
-    """Run a whole job into OUT; Ray must be initialised (jobs.run does that)."""
+def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None = None) -> JobResult:
+    """Run a whole job into OUT; Ray must be initialised (jobs.run does that). With `reuse_from` (an earlier
+    job's folder), model stages take the scores that job computed instead of running the model."""
     from pipeline import writers
     from pipeline.recipe import check_stages
 
     t_start = time.perf_counter()
-    check_stages(recipe)
+    reuse = reusable_scores(recipe, reuse_from) if reuse_from else {}
+    for key in reuse:
+        log(f"[vlcurate] {key}: reusing scores from {reuse_from}")
+    check_stages(recipe, skip=set(reuse))
     store = Store(out)
     spec = recipe.input
     reader = readers.reader_for(spec)
@@ -371,7 +455,7 @@ def run_job(recipe: Recipe, out: str, log: Any = print) -> JobResult:
             log(f"[vlcurate] step {step.name}: {len(todo)} partition(s)"
                 + (f", {len(parts) - len(todo)} already done" if len(todo) < len(parts) else ""))
             items = [{"part": json.dumps(asdict(p))} for p in todo]
-            kwargs = dict(raw_recipe=recipe.raw, out=out, prev=prev,
+            kwargs = dict(raw_recipe=recipe.raw, out=out, prev=prev, reuse=reuse,
                           step={"name": step.name, "ops": [asdict(o) for o in step.ops]})
             if step.holds_model:
                 _ray_map(items, StepWorker, actor=True, num_cpus=step.num_cpus, num_gpus=step.num_gpus,

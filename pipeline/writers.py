@@ -211,13 +211,23 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: st
     store.write_parquet(manifest, "manifest.parquet")
     store.write_parquet(rejects, "rejects.parquet")
     job = {"recipe": recipe.resolved(), "versions": versions(), "input": fingerprint(recipe.input, parts),
-           "partitions": len(parts), "buckets": recipe.model.output.buckets}
+           "input_path": input_location(recipe.input.path), "partitions": len(parts),
+           "buckets": recipe.model.output.buckets, "final_step": step}
     store.write_bytes(json.dumps(job, indent=2, sort_keys=True).encode(), "job.json")
     if recipe.model.output.exports:
         from pipeline.exports import export_all
 
         log(f"[vlcurate] exporting for {', '.join(recipe.model.output.exports)}")
         export_all(store.uri, recipe.model.output.exports)
+
+
+def input_location(path: str) -> str:
+    """The input as a path that works from any directory (regen-sft reads it again)."""
+    import os
+
+    from pipeline.storage import is_remote
+
+    return path if is_remote(path) else os.path.abspath(path)
 
 
 def versions() -> dict[str, str]:
