@@ -119,3 +119,20 @@ def write_mixed_dataset(root: Path) -> tuple[Path, dict[str, str | None]]:
     path = root / "data.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path, expected
+
+
+def qwen_vl_utils_video(path: Path, monkeypatch) -> tuple:
+    """qwen-vl-utils' own fetch_video on `path` with the decord backend: (frames float tensor (n, 3, h, w),
+    metadata, sample_fps) — the reference our video reader must equal."""
+    import pytest
+
+    vp = pytest.importorskip("qwen_vl_utils.vision_process")
+    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "decord")
+    monkeypatch.setattr(vp, "FORCE_QWENVL_VIDEO_READER", "decord")
+    vp.get_video_reader_backend.cache_clear()
+    try:
+        (frames, meta), sample_fps = vp.fetch_video({"video": str(path)}, return_video_sample_fps=True,
+                                                    return_video_metadata=True)
+    finally:
+        vp.get_video_reader_backend.cache_clear()
+    return frames, meta, sample_fps

@@ -7,15 +7,18 @@ reason (`invalid_json`, `invalid_utf8`, `missing_file` ...), so it is counted an
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from pipeline.recipe import InputSpec, RecipeError
+from pipeline.schema import make_id, new_row
 from pipeline.storage import is_remote, resolve
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -90,6 +93,52 @@ def load_image(fs: pafs.FileSystem, base_dir: str, value: Any) -> tuple[bytes | 
             return f.read(), value, None
     except (FileNotFoundError, IsADirectoryError, OSError):
         return None, value, "missing_file"
+
+
+def check_options(spec: InputSpec, allowed: tuple[str, ...]) -> None:
+    """A wrong option key is one clear line, like a wrong recipe key."""
+    for key in spec.options:
+        if key not in allowed:
+            raise RecipeError(f"input.options.{key}: unknown option for format {spec.format!r} "
+                              f"(allowed: {', '.join(allowed) or 'none'})")
+
+
+def read_text_file(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path, compression=None) as f:  # pyarrow would guess from the name otherwise
+        data = f.read()
+    return gzip.decompress(data) if path.endswith(".gz") else data
+
+
+def iter_json_lines(data: bytes, part: Partition, key_field: str | None
+                    ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """The lines of a jsonl partition as (row, record); a line that is not a UTF-8 JSON object comes as
+    (row dropped with a reason, None). The key is `key_field`'s value when the record has it, else the
+    1-based line number."""
+    lines = data.split(b"\n")
+    for i in range(part.stop - part.start):
+        line_no = part.start + i + 1
+        raw = lines[i] if i < len(lines) else b""
+        row = new_row(make_id(part.relpath, line_no), f"{part.relpath}:{line_no}")
+        try:
+            text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            yield drop(row, "invalid_utf8", str(e)[:200]), None
+            continue
+        if not text.strip():
+            yield drop(row, "empty_line"), None
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield drop(row, "invalid_json", str(e)[:200]), None
+            continue
+        if not isinstance(rec, dict):
+            yield drop(row, "invalid_json", "line is not a JSON object"), None
+            continue
+        if key_field and rec.get(key_field) is not None:
+            key = str(rec[key_field])
+            row["id"], row["source"] = make_id(part.relpath, key), f"{part.relpath}:{line_no}#{key}"
+        yield row, rec
 
 
 def record_to_row(rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs: pafs.FileSystem,

@@ -33,21 +33,13 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers.base import Partition, _name, drop, load_image
+from pipeline.readers.base import Partition, _name, check_options, drop, load_image
 from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
 from pipeline.storage import resolve
 
 # ---------------------------------------------------------------------------------------------- shared helpers
 # (also used by the OCR, QA and video readers)
-
-
-def check_options(spec: InputSpec, allowed: tuple[str, ...]) -> None:
-    """A wrong option key is one clear line, like a wrong recipe key."""
-    for key in spec.options:
-        if key not in allowed:
-            raise RecipeError(f"input.options.{key}: unknown option for format {spec.format!r} "
-                              f"(allowed: {', '.join(allowed) or 'none'})")
 
 
 def option_path(spec: InputSpec, key: str, default: str) -> tuple[pafs.FileSystem, str]:

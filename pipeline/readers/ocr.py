@@ -22,8 +22,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers.base import IMAGE_EXTENSIONS, Partition, drop
-from pipeline.readers.grounding import check_options, image_size, option_path, slices
+from pipeline.readers.base import IMAGE_EXTENSIONS, Partition, check_options, drop
+from pipeline.readers.grounding import image_size, option_path, slices
 from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
 from pipeline.storage import resolve

@@ -33,8 +33,6 @@ first in the annotators' order), annotations = {"answers": [10 strings], "questi
 
 from __future__ import annotations
 
-import gzip
-import json
 import posixpath
 import re
 from collections import Counter
@@ -42,8 +40,15 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers.base import Partition, _files, _name, _rel, drop, load_image, record_to_row
-from pipeline.readers.grounding import cached, check_options, load_json, option_path, slices
+from pipeline.readers.base import (
+    Partition,
+    check_options,
+    drop,
+    load_image,
+    record_to_row,
+)
+from pipeline.readers.grounding import cached, load_json, option_path, slices
+from pipeline.readers.web import JsonlReader
 from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
 from pipeline.storage import resolve
@@ -51,80 +56,10 @@ from pipeline.storage import resolve
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz")
 
 
-def _read_text_file(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path, compression=None) as f:  # pyarrow would guess from the name otherwise
-        data = f.read()
-    return gzip.decompress(data) if path.endswith(".gz") else data
-
-
-class JsonlRecords:
+class JsonlRecords(JsonlReader):
     """Line-partitioned jsonl (plain or gzip) with a per-record conversion `convert(rec, row, spec, fs, base)`."""
 
     suffixes = JSONL_SUFFIXES
-    options: tuple[str, ...] = ()
-    record_key: str | None = None  # the record's own id field, used when input.key_column is not set
-
-    def rows_per_partition(self, spec: InputSpec) -> int:
-        return spec.partition_rows
-
-    def plan(self, spec: InputSpec) -> list[Partition]:
-        check_options(spec, self.options)
-        fs, root, files = _files(spec, self.suffixes)
-        size = self.rows_per_partition(spec)
-        parts = []
-        for path in files:
-            data = _read_text_file(fs, path)
-            offsets, n, pos = [0], 0, 0
-            while (nl := data.find(b"\n", pos)) >= 0:
-                n, pos = n + 1, nl + 1
-                if n % size == 0 and pos < len(data):
-                    offsets.append(pos)
-            if pos < len(data):
-                n += 1
-            ends = [*offsets[1:], len(data)]
-            for k, (off, end) in enumerate(zip(offsets, ends, strict=True)):
-                start = k * size
-                parts.append(Partition(_name(len(parts)), path, _rel(root, path), start, min(start + size, n),
-                                       off, end - off))
-        return parts
-
-    def read(self, spec: InputSpec, part: Partition) -> list[dict[str, Any]]:
-        fs, _ = resolve(spec.path)
-        if part.path.endswith(".gz"):
-            data = _read_text_file(fs, part.path)[part.offset:part.offset + part.nbytes]
-        else:
-            with fs.open_input_file(part.path) as f:
-                f.seek(part.offset)
-                data = f.read(part.nbytes)
-        lines = data.split(b"\n")
-        base = posixpath.dirname(part.path)
-        key_field = spec.key_column or self.record_key
-        rows = []
-        for i in range(part.stop - part.start):
-            line_no = part.start + i + 1
-            raw = lines[i] if i < len(lines) else b""
-            row = new_row(make_id(part.relpath, line_no), f"{part.relpath}:{line_no}")
-            try:
-                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                rows.append(drop(row, "invalid_utf8", str(e)[:200]))
-                continue
-            if not text.strip():
-                rows.append(drop(row, "empty_line"))
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as e:
-                rows.append(drop(row, "invalid_json", str(e)[:200]))
-                continue
-            if not isinstance(rec, dict):
-                rows.append(drop(row, "invalid_json", "line is not a JSON object"))
-                continue
-            if key_field and rec.get(key_field) is not None:
-                key = str(rec[key_field])
-                row["id"], row["source"] = make_id(part.relpath, key), f"{part.relpath}:{line_no}#{key}"
-            rows.append(self.convert(rec, row, spec, fs, base))
-        return rows
 
     def convert(self, rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs: pafs.FileSystem,
                 base: str) -> dict[str, Any]:

@@ -41,8 +41,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers.base import Partition, _files, _name, _rel, drop
-from pipeline.readers.grounding import check_options
+from pipeline.readers.base import Partition, _files, _name, _rel, check_options, drop
 from pipeline.readers.qa import JsonlRecords, _scalars
 from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row

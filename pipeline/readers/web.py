@@ -18,7 +18,10 @@ from pipeline.readers.base import (
     _files,
     _name,
     _rel,
+    check_options,
     drop,
+    iter_json_lines,
+    read_text_file,
     record_to_row,
 )
 from pipeline.recipe import InputSpec
@@ -27,67 +30,55 @@ from pipeline.storage import resolve
 
 
 class JsonlReader:
-    """JSON lines with an image column (relative/absolute path, or {bytes, path}) and a caption column."""
+    """JSON lines (plain or gzip) with an image column (relative/absolute path, or {bytes, path}) and a caption
+    column; subclasses convert other record layouts by overriding `convert`."""
 
-    suffixes = (".jsonl", ".json")
+    suffixes: tuple[str, ...] = (".jsonl", ".json", ".jsonl.gz")
+    options: tuple[str, ...] = ()
+    record_key: str | None = None  # the record's own id field, used when input.key_column is not set
+
+    def rows_per_partition(self, spec: InputSpec) -> int:
+        return spec.partition_rows
 
     def plan(self, spec: InputSpec) -> list[Partition]:
+        check_options(spec, self.options)
         fs, root, files = _files(spec, self.suffixes)
+        size = self.rows_per_partition(spec)
         parts = []
         for path in files:
-            with fs.open_input_stream(path) as f:
-                data = f.read()
-            offsets, line_no, pos = [0], 0, 0
-            while True:
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    if pos < len(data):
-                        line_no += 1
-                    break
-                line_no += 1
-                pos = nl + 1
-                if line_no % spec.partition_rows == 0 and pos < len(data):
+            data = read_text_file(fs, path)
+            offsets, n, pos = [0], 0, 0
+            while (nl := data.find(b"\n", pos)) >= 0:
+                n, pos = n + 1, nl + 1
+                if n % size == 0 and pos < len(data):
                     offsets.append(pos)
+            if pos < len(data):
+                n += 1
             ends = [*offsets[1:], len(data)]
             for k, (off, end) in enumerate(zip(offsets, ends, strict=True)):
-                start = k * spec.partition_rows
-                parts.append(Partition(_name(len(parts)), path, _rel(root, path), start,
-                                       min(start + spec.partition_rows, line_no), off, end - off))
+                start = k * size
+                parts.append(Partition(_name(len(parts)), path, _rel(root, path), start, min(start + size, n),
+                                       off, end - off))
         return parts
 
     def read(self, spec: InputSpec, part: Partition) -> list[dict[str, Any]]:
         fs, _ = resolve(spec.path)
-        with fs.open_input_file(part.path) as f:
-            f.seek(part.offset)
-            data = f.read(part.nbytes) if part.nbytes >= 0 else f.read()
-        rows = []
+        if part.path.endswith(".gz"):
+            data = read_text_file(fs, part.path)[part.offset:part.offset + part.nbytes]
+        else:
+            with fs.open_input_file(part.path) as f:
+                f.seek(part.offset)
+                data = f.read(part.nbytes)
         base = posixpath.dirname(part.path)
-        lines = data.split(b"\n")
-        for i in range(part.stop - part.start):
-            line_no = part.start + i + 1
-            raw = lines[i] if i < len(lines) else b""
-            row = new_row(make_id(part.relpath, line_no), f"{part.relpath}:{line_no}")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                rows.append(drop(row, "invalid_utf8", str(e)[:200]))
-                continue
-            if not text.strip():
-                rows.append(drop(row, "empty_line"))
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as e:
-                rows.append(drop(row, "invalid_json", str(e)[:200]))
-                continue
-            if not isinstance(rec, dict):
-                rows.append(drop(row, "invalid_json", "line is not a JSON object"))
-                continue
-            if spec.key_column and rec.get(spec.key_column) is not None:
-                key = str(rec[spec.key_column])
-                row["id"], row["source"] = make_id(part.relpath, key), f"{part.relpath}:{line_no}#{key}"
-            rows.append(record_to_row(rec, row, spec, fs, base))
+        key_field = spec.key_column or self.record_key
+        rows = []
+        for row, rec in iter_json_lines(data, part, key_field):
+            rows.append(row if rec is None else self.convert(rec, row, spec, fs, base))
         return rows
+
+    def convert(self, rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs: pafs.FileSystem,
+                base: str) -> dict[str, Any]:
+        return record_to_row(rec, row, spec, fs, base)
 
 
 class ParquetReader:

@@ -17,6 +17,7 @@ from pipeline.readers.grounding import _load_refs
 from pipeline.readers.qa import last_boxed, most_common, normalize_number
 from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, rows_to_table, table_to_rows
+from tests.media import qwen_vl_utils_video
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 COCO = DATA / "grounding_coco"
@@ -391,15 +392,7 @@ def _decode_png(data: bytes) -> np.ndarray:
 
 def test_video_matches_qwen_vl_utils(monkeypatch):
     pytest.importorskip("decord")
-    vp = pytest.importorskip("qwen_vl_utils.vision_process")
-    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "decord")
-    monkeypatch.setattr(vp, "FORCE_QWENVL_VIDEO_READER", "decord")
-    vp.get_video_reader_backend.cache_clear()
-    try:
-        (ref, meta), sample_fps = vp.fetch_video({"video": str(SINTEL)}, return_video_sample_fps=True,
-                                                 return_video_metadata=True)
-    finally:
-        vp.get_video_reader_backend.cache_clear()
+    ref, meta, sample_fps = qwen_vl_utils_video(SINTEL, monkeypatch)
     assert meta["video_backend"] == "decord"
 
     (row,) = rows(SINTEL, "video")

@@ -16,6 +16,7 @@ from formatters.tokens import tokenize_chat
 from model.tiny import build_tiny_tokenizer
 from pipeline.recipe import load_recipe
 from pipeline.runner import run_job
+from tests.media import qwen_vl_utils_video
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -23,17 +24,9 @@ SINTEL = REPO / "tests/data/video/sintel_5s.mp4"
 
 
 def qwen_vl_utils_frames(monkeypatch):
-    vp = pytest.importorskip("qwen_vl_utils.vision_process")
-    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "decord")
-    monkeypatch.setattr(vp, "FORCE_QWENVL_VIDEO_READER", "decord")
-    vp.get_video_reader_backend.cache_clear()
-    try:
-        (frames, meta), sample_fps = vp.fetch_video({"video": str(SINTEL)}, return_video_sample_fps=True,
-                                                    return_video_metadata=True)
-    finally:
-        vp.get_video_reader_backend.cache_clear()
     import torch
 
+    frames, meta, sample_fps = qwen_vl_utils_video(SINTEL, monkeypatch)
     return frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(), meta, sample_fps
 
 
