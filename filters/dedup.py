@@ -18,9 +18,10 @@ import numpy as np
 from pydantic import Field
 
 from filters.base import Batch, Params, Stage
+from filters.image import THUMB_SIDE, THUMBNAILS, gray_thumbnail
 
 _HASH_BITS = 64
-_DCT_SIZE = 32
+_DCT_SIZE = THUMB_SIDE
 _DCT_MATRIX: np.ndarray | None = None
 
 
@@ -41,23 +42,23 @@ def phash64(image: Any) -> int:
 
     The reference pHash (phash.org ``ph_dct_imagehash``) without its mean filter: grayscale, resized to
     32x32, 2-D DCT, the 8x8 block of lowest frequencies without the DC row and column (coefficients 1..8),
-    one bit per coefficient: above the block's median. JPEGs are decoded at a reduced scale
-    (``Image.draft``), which is many times faster and changes nothing at 32x32. A flat image (no AC energy)
-    hashes to 0. Bit 63 is coefficient (1, 1), bit 0 is (8, 8).
+    one bit per coefficient: above the block's median. The 32x32 grayscale is
+    ``filters.image.gray_thumbnail``: JPEGs are decoded at a reduced scale (``Image.draft``, at least 64 px
+    a side), which is many times faster and changes little at 32x32. Bytes that the image check has just
+    decoded take their thumbnail from ``filters.image.THUMBNAILS`` instead of being decoded again (the same
+    pixels). A flat image (no AC energy) hashes to 0. Bit 63 is coefficient (1, 1), bit 0 is (8, 8).
     """
     from PIL import Image
 
-    img = Image.open(io.BytesIO(image)) if isinstance(image, bytes | bytearray | memoryview) else image
-    if img.format == "JPEG":
-        img.draft("L", (2 * _DCT_SIZE, 2 * _DCT_SIZE))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    gray = img.convert("L").resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.LANCZOS)
-    pixels = np.asarray(gray, dtype=np.float64)
+    if isinstance(image, bytes | bytearray | memoryview):
+        data = bytes(image)
+        pixels = THUMBNAILS.get(data)
+        if pixels is None:
+            pixels = gray_thumbnail(Image.open(io.BytesIO(data)))
+    else:
+        pixels = gray_thumbnail(image)
     d = _dct_matrix()
-    block = (d @ pixels @ d.T)[1:9, 1:9]
+    block = (d @ pixels.astype(np.float64) @ d.T)[1:9, 1:9]
     if np.abs(block).max() < 1e-6:
         return 0
     bits = (block > np.median(block)).ravel()
