@@ -24,21 +24,18 @@ def _load(out: str, name: str) -> Any:
 
 
 def _sample_from_shard(out: str, shard: str, key: str) -> dict[str, Any]:
-    import webdataset as wds
-
     from pipeline.storage import Store
+    from pipeline.tar import iter_entries
 
     data = Store(out).read_bytes("shards", shard)
     sample: dict[str, Any] = {"images": []}
-    for entry in wds.tariterators.tar_file_iterator(io.BytesIO(data)):
-        name = entry["fname"]
-        if not name.startswith(key + "."):
+    for entry_key, suffix, entry in iter_entries(data):
+        if entry_key != key:
             continue
-        suffix = name[len(key) + 1:]
         if suffix == "json":
-            sample["json"] = json.loads(entry["data"])
+            sample["json"] = json.loads(entry)
         else:
-            sample["images"].append((suffix, entry["data"]))
+            sample["images"].append((suffix, entry))
     return sample
 
 

@@ -578,36 +578,34 @@ def pack_tar_bytes(packs: list[tuple[str, dict]]) -> bytes:
     writer orders a pack's entries by name. Raises ValueError for a key with a dot or slash (webdataset
     splits names at the first dot), a repeated key, or a pack whose arrays disagree in length.
     """
-    import webdataset as wds
+    from pipeline.tar import tar_bytes
 
     seen: set[str] = set()
-    buf = io.BytesIO()
-    with wds.TarWriter(buf, encoder=False, mtime=0, user="", group="", mode=0o444) as tw:
-        for key, pack in packs:
-            if not isinstance(key, str) or not _KEY_RE.match(key):
-                raise ValueError(f"pack key {key!r} must be letters, digits, '_' or '-' (no dot or slash)")
-            if key in seen:
-                raise ValueError(f"pack key {key!r} appears twice")
-            seen.add(key)
-            n = int(np.asarray(pack["input_ids"]).size)
-            pos = np.asarray(pack["position_ids"])
-            cu = np.asarray(pack["cu_seqlens"])
-            if np.asarray(pack["labels"]).size != n or pos.shape != (4, n) or cu.size < 2 or int(cu[-1]) != n:
-                raise ValueError(
-                    f"pack {key}: input_ids ({n}), labels ({np.asarray(pack['labels']).size}), position_ids "
-                    f"{pos.shape} and cu_seqlens (ends at {int(cu[-1]) if cu.size else None}) disagree"
-                )
-            sample: dict[str, Any] = {
-                "__key__": key,
-                "json": json.dumps(pack["json"], sort_keys=True, ensure_ascii=False).encode("utf-8"),
-                "input_ids.npy": _npy_bytes(pack["input_ids"], "<i8"),
-                "labels.npy": _npy_bytes(pack["labels"], "<i8"),
-                "position_ids.npy": _npy_bytes(pos, "<i8"),
-                "cu_seqlens.npy": _npy_bytes(cu, "<i4"),
-            }
-            for suffix, data in pack["media"]:
-                if suffix in sample:
-                    raise ValueError(f"pack {key}: media name {suffix!r} repeated or reserved")
-                sample[suffix] = bytes(data)
-            tw.write(sample)
-    return buf.getvalue()
+    samples = []
+    for key, pack in packs:
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise ValueError(f"pack key {key!r} must be letters, digits, '_' or '-' (no dot or slash)")
+        if key in seen:
+            raise ValueError(f"pack key {key!r} appears twice")
+        seen.add(key)
+        n = int(np.asarray(pack["input_ids"]).size)
+        pos = np.asarray(pack["position_ids"])
+        cu = np.asarray(pack["cu_seqlens"])
+        if np.asarray(pack["labels"]).size != n or pos.shape != (4, n) or cu.size < 2 or int(cu[-1]) != n:
+            raise ValueError(
+                f"pack {key}: input_ids ({n}), labels ({np.asarray(pack['labels']).size}), position_ids "
+                f"{pos.shape} and cu_seqlens (ends at {int(cu[-1]) if cu.size else None}) disagree"
+            )
+        sample: dict[str, Any] = {
+            "json": json.dumps(pack["json"], sort_keys=True, ensure_ascii=False).encode("utf-8"),
+            "input_ids.npy": _npy_bytes(pack["input_ids"], "<i8"),
+            "labels.npy": _npy_bytes(pack["labels"], "<i8"),
+            "position_ids.npy": _npy_bytes(pos, "<i8"),
+            "cu_seqlens.npy": _npy_bytes(cu, "<i4"),
+        }
+        for suffix, data in pack["media"]:
+            if suffix in sample:
+                raise ValueError(f"pack {key}: media name {suffix!r} repeated or reserved")
+            sample[suffix] = bytes(data)
+        samples.append((key, sample))
+    return tar_bytes(samples)

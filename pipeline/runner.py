@@ -277,7 +277,11 @@ class StepWorker:
             if op.kind == "score":  # counted when the decision is applied, in the next step
                 stat = {k: stat[k] for k in ("seconds", "scores_reused") if k in stat}
             stats[op.key] = stat
-        self.store.write_parquet(rows_to_table(rows), WORK, self.step.name, f"{part.name}.parquet")
+        if self.step.ops[-1].kind == "scatter":  # the last step: kept rows' bytes went to the buckets
+            rows = [{k: v for k, v in r.items() if k not in HEAVY_COLUMNS} for r in rows]
+        # work files are not compressed: image bytes do not compress and zstd would cost ~1 ms an image
+        self.store.write_parquet(rows_to_table(rows), WORK, self.step.name, f"{part.name}.parquet",
+                                 compression="none")
         marker = {"partition": part.name, "rows": len(rows), "seconds": round(time.perf_counter() - t0, 4),
                   "stages": stats}
         self.store.write_bytes(json.dumps(marker).encode(), WORK, self.step.name, f"{part.name}.done")
@@ -290,7 +294,8 @@ class StepWorker:
             if r.get("drop_stage") is None:
                 by_bucket.setdefault(bucket_of(r["id"], buckets), []).append(r)
         for b, members in sorted(by_bucket.items()):
-            self.store.write_parquet(rows_to_table(members), WORK, "buckets", f"{b:05d}", f"{part.name}.parquet")
+            self.store.write_parquet(rows_to_table(members), WORK, "buckets", f"{b:05d}", f"{part.name}.parquet",
+                                     compression="none")
         by_pack: dict[int, list[dict[str, Any]]] = {}
         for r in rows:
             if r.get("drop_stage") is None and r.get("pack_shard") is not None:
@@ -298,7 +303,8 @@ class StepWorker:
         for k, members in sorted(by_pack.items()):
             cols = ("id", "pack_id", "pack_pos", "input_ids", "labels", "images", "meta")
             table = rows_to_table([{c: m.get(c) for c in cols} for m in members]).select(list(cols))
-            self.store.write_parquet(table, WORK, "packbuckets", f"{k:05d}", f"{part.name}.parquet")
+            self.store.write_parquet(table, WORK, "packbuckets", f"{k:05d}", f"{part.name}.parquet",
+                                     compression="none")
         kept = sum(len(v) for v in by_bucket.values())
         return {"in": kept, "kept": kept, "dropped": {}}
 

@@ -59,9 +59,9 @@ class Store:
             f.write(data)
         self.fs.move(tmp, final)
 
-    def write_parquet(self, table: pa.Table, *parts: str) -> None:
+    def write_parquet(self, table: pa.Table, *parts: str, compression: str = "zstd") -> None:
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
+        pq.write_table(table, sink, compression=compression)
         self.write_bytes(sink.getvalue().to_pybytes(), *parts)
 
     def read_parquet(self, *parts: str, columns: list[str] | None = None) -> pa.Table:

@@ -12,13 +12,15 @@ import platform
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.readers import Partition, fingerprint
 from pipeline.recipe import Recipe
-from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS, score_columns, table_to_rows
+from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS, TOKEN_COLUMNS, score_columns, table_to_rows
 from pipeline.storage import Store
+from pipeline.tar import tar_bytes
 
 WORK = "_work"
 PACKAGES = ("vlcurate", "ray", "pyarrow", "pillow", "webdataset", "transformers", "torch", "open_clip_torch")
@@ -51,17 +53,24 @@ def sample_json(row: dict[str, Any], scores: list[str]) -> bytes:
     return json.dumps(doc, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def tar_bytes(rows: list[dict[str, Any]], scores: list[str]) -> bytes:
-    """A webdataset tar: KEY.json then KEY.0.jpg, KEY.1.png ... per sample, fixed metadata."""
-    import webdataset as wds
+def shard_tar(rows: list[dict[str, Any]], scores: list[str]) -> bytes:
+    """A webdataset shard, per sample: KEY.json (text, messages, meta, scores), KEY.0.jpg, KEY.1.png ... and,
+    for formatted samples, KEY.input_ids.npy / KEY.labels.npy (int32), the exact tokens that were counted."""
+    samples = []
+    for row in rows:
+        files = {"json": sample_json(row, scores)}
+        for k, data in enumerate(row.get("images") or []):
+            files[f"{k}.{image_extension(data)}"] = data
+        for name in TOKEN_COLUMNS:
+            if row.get(name) is not None:
+                files[f"{name}.npy"] = npy_bytes(np.asarray(row[name], dtype="<i4"))
+        samples.append((row["id"], files))
+    return tar_bytes(samples)
 
+
+def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    with wds.TarWriter(buf, encoder=False, mtime=0, user="", group="", mode=0o444) as tw:
-        for row in rows:
-            sample: dict[str, Any] = {"__key__": row["id"], "json": sample_json(row, scores)}
-            for k, data in enumerate(row.get("images") or []):
-                sample[f"{k}.{image_extension(data)}"] = data
-            tw.write(sample)
+    np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
 
 
@@ -71,9 +80,9 @@ def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) 
     done = []
     for bucket in batch["bucket"]:
         b = f"{int(bucket):05d}"
-        table = store.read_folder(WORK, "buckets", b).sort_by("id")
+        table = store.read_folder(WORK, "buckets", b)
         scores = score_columns(table.schema)
-        rows = table.to_pylist()
+        rows = sorted(table.to_pylist(), key=lambda r: r["id"])  # sort rows, not the table: no byte copies
         pieces: list[list[dict[str, Any]]] = [[]]
         size = 0
         for row in rows:
@@ -86,7 +95,7 @@ def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) 
         index = []
         for k, piece in enumerate(pieces):
             name = f"shard-{b}.tar" if k == 0 else f"shard-{b}_{k}.tar"
-            store.write_bytes(tar_bytes(piece, scores), "shards", name)
+            store.write_bytes(shard_tar(piece, scores), "shards", name)
             index.extend([r["id"], name] for r in piece)
         store.write_bytes(json.dumps(index).encode(), WORK, "shards", f"{b}.json")
         done.append(int(bucket))

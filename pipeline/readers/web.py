@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -27,6 +26,7 @@ from pipeline.readers.base import (
 from pipeline.recipe import InputSpec
 from pipeline.schema import make_id, new_row
 from pipeline.storage import resolve
+from pipeline.tar import iter_entries
 
 
 class JsonlReader:
@@ -120,17 +120,14 @@ class WebDatasetReader:
         return [Partition(_name(i), p, _rel(root, p)) for i, p in enumerate(files)]
 
     def read(self, spec: InputSpec, part: Partition) -> list[dict[str, Any]]:
-        import webdataset as wds
-
         fs, _ = resolve(spec.path)
         with fs.open_input_stream(part.path) as f:
             data = f.read()
         samples: dict[str, dict[str, bytes]] = {}
         rows: list[dict[str, Any]] = []
         try:
-            for entry in wds.tariterators.tar_file_iterator(io.BytesIO(data)):
-                prefix, suffix = _split_key(entry["fname"])
-                samples.setdefault(prefix, {})[suffix] = entry["data"]
+            for prefix, suffix, entry in iter_entries(data):
+                samples.setdefault(prefix, {})[suffix.lower()] = entry
         except (tarfile.TarError, OSError, ValueError) as e:
             row = new_row(make_id(part.relpath, "__tar__"), f"{part.relpath}#__tar__")
             rows.append(drop(row, "broken_tar", str(e)[:200]))
@@ -162,13 +159,6 @@ class WebDatasetReader:
                            if isinstance(v, str | int | float | bool) and len(str(v)) <= 1000}
             rows.append(row)
         return rows
-
-
-def _split_key(fname: str) -> tuple[str, str]:
-    """webdataset's rule: the key is up to the first dot of the basename."""
-    d, base = posixpath.split(fname)
-    stem, _, suffix = base.partition(".")
-    return posixpath.join(d, stem) if d else stem, suffix.lower()
 
 
 class FolderReader:

@@ -26,7 +26,7 @@ from pipeline.format_stage import Format
 from pipeline.recipe import FormatSpec, load_recipe
 from pipeline.schema import make_id
 from pipeline.storage import Store
-from pipeline.writers import tar_bytes
+from pipeline.writers import shard_tar
 from tests import media
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,8 +77,8 @@ def make_job(out: Path, tokenizer_dir: str, dialect: str = "qwen2.5-vl") -> list
     rows.sort(key=lambda r: r["id"])
     store = Store(str(out))
     half = len(rows) // 2
-    store.write_bytes(tar_bytes(rows[:half], ["n_tokens"]), "shards", "shard-00000.tar")
-    store.write_bytes(tar_bytes(rows[half:], ["n_tokens"]), "shards", "shard-00001.tar")
+    store.write_bytes(shard_tar(rows[:half], ["n_tokens"]), "shards", "shard-00000.tar")
+    store.write_bytes(shard_tar(rows[half:], ["n_tokens"]), "shards", "shard-00001.tar")
     store.write_parquet(pa.table({"id": [r["id"] for r in rows], "n_tokens": [r["n_tokens"] for r in rows]}),
                         "manifest.parquet")
     return rows
