@@ -83,8 +83,15 @@ def plan_steps(recipe: Recipe) -> list[Step]:
             ops = [Op("apply", spec.key, i)]
         else:
             ops.append(Op(cls.kind, spec.key, i))
-    ops.append(Op("scatter", "scatter"))
-    flush()
+    trailing = [o.key for o in ops]
+    if steps and ops and all(o.kind == "apply" for o in ops) and "pack" not in trailing:
+        # the last decisions change no bytes: scatter the rows before them (with their images) and apply them
+        # in a light last step; the shard writers keep only the rows that step kept
+        steps[-1].ops.append(Op("scatter", "scatter"))
+        flush()
+    else:
+        ops.append(Op("scatter", "scatter"))
+        flush()
     return steps
 
 
@@ -221,6 +228,7 @@ class StepWorker:
         self.recipe = parse_recipe(raw_recipe)
         self.store = Store(out)
         self.step = Step(step["name"], [Op(**o) for o in step["ops"]])
+        self.last = bool(step.get("last"))
         self.prev = prev
         self.stages: dict[str, Any] = {}
         reuse = reuse or {}
@@ -277,11 +285,10 @@ class StepWorker:
             if op.kind == "score":  # counted when the decision is applied, in the next step
                 stat = {k: stat[k] for k in ("seconds", "scores_reused") if k in stat}
             stats[op.key] = stat
-        if self.step.ops[-1].kind == "scatter":  # the last step: kept rows' bytes went to the buckets
+        if self.step.ops[-1].kind == "scatter" or self.last:
+            # after the scatter, and after the last step, nothing reads image bytes or tokens from here
             rows = [{k: v for k, v in r.items() if k not in HEAVY_COLUMNS} for r in rows]
-        # work files are not compressed: image bytes do not compress and zstd would cost ~1 ms an image
-        self.store.write_parquet(rows_to_table(rows), WORK, self.step.name, f"{part.name}.parquet",
-                                 compression="none")
+        self.store.write_parquet(rows_to_table(rows), WORK, self.step.name, f"{part.name}.parquet", work=True)
         marker = {"partition": part.name, "rows": len(rows), "seconds": round(time.perf_counter() - t0, 4),
                   "stages": stats}
         self.store.write_bytes(json.dumps(marker).encode(), WORK, self.step.name, f"{part.name}.done")
@@ -295,7 +302,7 @@ class StepWorker:
                 by_bucket.setdefault(bucket_of(r["id"], buckets), []).append(r)
         for b, members in sorted(by_bucket.items()):
             self.store.write_parquet(rows_to_table(members), WORK, "buckets", f"{b:05d}", f"{part.name}.parquet",
-                                     compression="none")
+                                     work=True)
         by_pack: dict[int, list[dict[str, Any]]] = {}
         for r in rows:
             if r.get("drop_stage") is None and r.get("pack_shard") is not None:
@@ -304,7 +311,7 @@ class StepWorker:
             cols = ("id", "pack_id", "pack_pos", "input_ids", "labels", "images", "meta")
             table = rows_to_table([{c: m.get(c) for c in cols} for m in members]).select(list(cols))
             self.store.write_parquet(table, WORK, "packbuckets", f"{k:05d}", f"{part.name}.parquet",
-                                     compression="none")
+                                     work=True)
         kept = sum(len(v) for v in by_bucket.values())
         return {"in": kept, "kept": kept, "dropped": {}}
 
@@ -462,7 +469,8 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
                 + (f", {len(parts) - len(todo)} already done" if len(todo) < len(parts) else ""))
             items = [{"part": json.dumps(asdict(p))} for p in todo]
             kwargs = dict(raw_recipe=recipe.raw, out=out, prev=prev, reuse=reuse,
-                          step={"name": step.name, "ops": [asdict(o) for o in step.ops]})
+                          step={"name": step.name, "ops": [asdict(o) for o in step.ops],
+                                "last": step is steps[-1]})
             if step.holds_model:
                 _ray_map(items, StepWorker, actor=True, num_cpus=step.num_cpus, num_gpus=step.num_gpus,
                          actors=step.actors, **kwargs)
@@ -473,8 +481,7 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
             for key, stat in marker["stages"].items():
                 if key in stats:
                     _merge_stats(stats[key], stat)
-        last = step.ops[-1]
-        if last.kind == "score":
+        for last in [o for o in step.ops if o.kind == "score"]:  # a global stage ends its step
             t = time.perf_counter()
             n = decide_global(recipe, last.stage_index, store, step.name, parts)
             stats[last.key]["decide_seconds"] = round(time.perf_counter() - t, 4)

@@ -59,10 +59,18 @@ class Store:
             f.write(data)
         self.fs.move(tmp, final)
 
-    def write_parquet(self, table: pa.Table, *parts: str, compression: str = "zstd") -> None:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression=compression)
-        self.write_bytes(sink.getvalue().to_pybytes(), *parts)
+    def write_parquet(self, table: pa.Table, *parts: str, work: bool = False) -> None:
+        """Parquet, atomically. `work=True` (intermediate files): no compression (image bytes do not
+        compress), no dictionary encoding or statistics, which cost more than they save on binary columns."""
+        final = self.path(*parts)
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        if work:
+            pq.write_table(table, tmp, filesystem=self.fs, compression="none", use_dictionary=False,
+                           write_statistics=False)
+        else:
+            pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
+        self.fs.move(tmp, final)
 
     def read_parquet(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
         if columns is not None:

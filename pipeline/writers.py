@@ -18,7 +18,15 @@ import pyarrow.compute as pc
 
 from pipeline.readers import Partition, fingerprint
 from pipeline.recipe import Recipe
-from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS, TOKEN_COLUMNS, score_columns, table_to_rows
+from pipeline.schema import (
+    HEAVY_COLUMNS,
+    JSON_COLUMNS,
+    TOKEN_COLUMNS,
+    bucket_of,
+    concat,
+    score_columns,
+    table_to_rows,
+)
 from pipeline.storage import Store
 from pipeline.tar import tar_bytes
 
@@ -81,8 +89,13 @@ def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) 
     for bucket in batch["bucket"]:
         b = f"{int(bucket):05d}"
         table = store.read_folder(WORK, "buckets", b)
-        scores = score_columns(table.schema)
         rows = sorted(table.to_pylist(), key=lambda r: r["id"])  # sort rows, not the table: no byte copies
+        if store.exists(WORK, "keep", f"{b}.parquet"):  # decisions taken after the scatter: keep their rows
+            final = store.read_parquet(WORK, "keep", f"{b}.parquet")
+            kept = {r["id"]: r for r in final.to_pylist()}
+            rows = [{**r, **kept[r["id"]]} for r in rows if r["id"] in kept]
+            table = concat([table.slice(0, 0), final.slice(0, 0)])
+        scores = score_columns(table.schema)
         pieces: list[list[dict[str, Any]]] = [[]]
         size = 0
         for row in rows:
@@ -181,11 +194,19 @@ def _final_tables(store: Store, step: str) -> pa.Table:
 
 def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: str, stats: dict[str, Any],
                   log: Any = print) -> None:
-    from pipeline.runner import _ray_map
+    from pipeline.runner import _ray_map, plan_steps
 
     buckets = sorted(int(b) for b in store.list(WORK, "buckets"))
+    table = _final_tables(store, step)
+    kept_mask = pc.is_null(table["drop_stage"])
     done = {n.removesuffix(".json") for n in store.list(WORK, "shards")}
     todo = [b for b in buckets if f"{b:05d}" not in done]
+    if todo and not any(o.kind == "scatter" for o in plan_steps(recipe)[-1].ops):
+        kept_all = table.filter(kept_mask)
+        of_bucket = np.array([bucket_of(i, recipe.model.output.buckets) for i in kept_all["id"].to_pylist()])
+        for b in todo:
+            store.write_parquet(kept_all.filter(pa.array(of_bucket == b)), WORK, "keep", f"{b:05d}.parquet",
+                                work=True)
     if todo:
         log(f"[vlcurate] writing {len(todo)} shard bucket(s)")
         shard_bytes = recipe.model.output.shard_bytes
@@ -195,8 +216,6 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: st
     for b in buckets:
         for row_id, name in json.loads(store.read_bytes(WORK, "shards", f"{b:05d}.json")):
             shard_of[row_id] = name
-    table = _final_tables(store, step)
-    kept_mask = pc.is_null(table["drop_stage"])
     kept = table.filter(kept_mask).sort_by("id")
     rejected = table.filter(pc.invert(kept_mask)).sort_by("id")
     scores = score_columns(table.schema)
