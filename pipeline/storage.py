@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -52,11 +55,21 @@ class Store:
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         """Write to a temporary name, then rename: readers never see half a file."""
+        with self.open_atomic(*parts) as f:
+            f.write(data)
+
+    @contextmanager
+    def open_atomic(self, *parts: str) -> Iterator[Any]:
+        """A stream to a temporary name, renamed to the final name when the block ends without error."""
         final = self.path(*parts)
         self.fs.create_dir(posixpath.dirname(final), recursive=True)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                yield f
+        except BaseException:
+            self.fs.delete_file(tmp)
+            raise
         self.fs.move(tmp, final)
 
     def write_parquet(self, table: pa.Table, *parts: str, work: bool = False) -> None:

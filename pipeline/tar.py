@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 
-def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
-    """A tar of samples [(key, {suffix: bytes})]: entries `key.suffix` in sorted suffix order, fixed metadata
-    (mtime 0, uid/gid 0, no owner names, mode 0444), so the same samples always give the same bytes."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+def write_tar(fileobj: BinaryIO, samples: Iterable[tuple[str, dict[str, bytes]]]) -> None:
+    """Write samples [(key, {suffix: bytes})] as a tar to `fileobj`: entries `key.suffix` in sorted suffix order,
+    fixed metadata (mtime 0, uid/gid 0, no owner names, mode 0444), so the same samples give the same bytes."""
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for key, files in samples:
             for suffix in sorted(files):
                 data = files[suffix]
@@ -25,6 +25,12 @@ def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
+
+
+def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
+    """`write_tar` into memory."""
+    buf = io.BytesIO()
+    write_tar(buf, samples)
     return buf.getvalue()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
@@ -28,7 +29,7 @@ from pipeline.schema import (
     table_to_rows,
 )
 from pipeline.storage import Store
-from pipeline.tar import tar_bytes
+from pipeline.tar import tar_bytes, write_tar
 
 WORK = "_work"
 PACKAGES = ("vlcurate", "ray", "pyarrow", "pillow", "webdataset", "transformers", "torch", "open_clip_torch")
@@ -61,10 +62,9 @@ def sample_json(row: dict[str, Any], scores: list[str]) -> bytes:
     return json.dumps(doc, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def shard_tar(rows: list[dict[str, Any]], scores: list[str]) -> bytes:
+def shard_samples(rows: list[dict[str, Any]], scores: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
     """A webdataset shard, per sample: KEY.json (text, messages, meta, scores), KEY.0.jpg, KEY.1.png ... and,
     for formatted samples, KEY.input_ids.npy / KEY.labels.npy (int32), the exact tokens that were counted."""
-    samples = []
     for row in rows:
         files = {"json": sample_json(row, scores)}
         for k, data in enumerate(row.get("images") or []):
@@ -72,8 +72,11 @@ def shard_tar(rows: list[dict[str, Any]], scores: list[str]) -> bytes:
         for name in TOKEN_COLUMNS:
             if row.get(name) is not None:
                 files[f"{name}.npy"] = npy_bytes(np.asarray(row[name], dtype="<i4"))
-        samples.append((row["id"], files))
-    return tar_bytes(samples)
+        yield row["id"], files
+
+
+def shard_tar(rows: list[dict[str, Any]], scores: list[str]) -> bytes:
+    return tar_bytes(shard_samples(rows, scores))
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -108,7 +111,8 @@ def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) 
         index = []
         for k, piece in enumerate(pieces):
             name = f"shard-{b}.tar" if k == 0 else f"shard-{b}_{k}.tar"
-            store.write_bytes(shard_tar(piece, scores), "shards", name)
+            with store.open_atomic("shards", name) as f:
+                write_tar(f, shard_samples(piece, scores))
             index.extend([r["id"], name] for r in piece)
         store.write_bytes(json.dumps(index).encode(), WORK, "shards", f"{b}.json")
         done.append(int(bucket))
