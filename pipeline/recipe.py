@@ -206,6 +206,10 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
     if model.pack is not None and model.pack.enabled:
         from pipeline.pack_stage import PackStage
 
+        if model.format is None:
+            raise RecipeError("pack: packing needs each sample's tokens: add a format: section "
+                              "(builder, tokenizer), or set pack.enabled: false")
+
         specs.append(StageSpec("pack", "pack", PackStage, model.pack, 1, section="pack"))
     return Recipe(model, specs, raw)
 

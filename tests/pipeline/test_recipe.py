@@ -65,3 +65,12 @@ def test_yaml_errors(tmp_path):
         load_recipe(str(bad))
     with pytest.raises(RecipeError, match="file not found"):
         load_recipe(str(tmp_path / "missing.yaml"))
+
+
+def test_pack_without_format_is_an_error():
+    raw = base()
+    raw["pack"] = {"max_len": 4096}
+    with pytest.raises(RecipeError, match="pack: packing needs each sample's tokens"):
+        parse_recipe(raw)
+    raw["pack"]["enabled"] = False
+    assert [s.key for s in parse_recipe(raw).stages] == ["image_check"]
