@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="override any recipe key, e.g. --set stages.image_check.min_side_px=64")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    run.add_argument("--overwrite", action="store_true", help="delete OUT's earlier job first (default: "
+                     "resume a job of the same recipe and input, refuse another)")
 
     ins = sub.add_parser("inspect", help="show kept or dropped samples of a finished job")
     ins.add_argument("out", help="job output folder")
@@ -65,6 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _clear(out: str) -> None:
+    """Delete an earlier job's folder; never a folder that is not one."""
+    from pipeline.recipe import RecipeError
+    from pipeline.storage import Store
+
+    store = Store(out)
+    if not store.exists():
+        return
+    if not store.exists("_work", "job_identity.json") and store.list():
+        raise RecipeError(f"--overwrite: {out} is not a vlcurate job folder; not deleting it")
+    store.delete_dir()
+
+
 def _report(args: argparse.Namespace) -> int:
     from jobs.report import build_report
 
@@ -80,7 +95,8 @@ def _report(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pipeline.recipe import load_recipe
 
-    return _execute(lambda: load_recipe(args.recipe, args.sets, args.input), args.out, args.num_cpus)
+    return _execute(lambda: load_recipe(args.recipe, args.sets, args.input), args.out, args.num_cpus,
+                    overwrite=args.overwrite)
 
 
 def _regen(args: argparse.Namespace) -> int:
@@ -105,7 +121,8 @@ def _regen(args: argparse.Namespace) -> int:
     return _execute(load, args.new_out, args.num_cpus, reuse_from=args.out)
 
 
-def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str | None = None) -> int:
+def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str | None = None,
+             overwrite: bool = False) -> int:
     from pipeline.ray_env import RayEnvError, start_ray
     from pipeline.readers import reader_for
     from pipeline.recipe import RecipeError, check_stages
@@ -115,6 +132,8 @@ def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str |
         reader_for(recipe.input).plan(recipe.input)  # a missing input fails here, before Ray starts
         if reuse_from is None:
             check_stages(recipe)
+        if overwrite:
+            _clear(out)
         started = start_ray(out, num_cpus=num_cpus)
     except (RecipeError, RayEnvError) as e:
         print(f"vlcurate: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -403,6 +404,8 @@ def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_c
     """The one adapter onto Ray Data: tasks for stateless work, an actor pool for model-holding stages."""
     import ray.data
 
+    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # our own log says which step runs, and how long
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -451,7 +454,7 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
     if store.exists(WORK, "job_identity.json"):
         if store.read_bytes(WORK, "job_identity.json") != identity:
             raise RecipeError(f"-o {out}: this folder holds a job with another recipe or input; "
-                              "choose a new output folder or delete it")
+                              "choose a new output folder or pass --overwrite")
     else:
         store.write_bytes(identity, WORK, "job_identity.json")
     steps = plan_steps(recipe)
@@ -471,11 +474,13 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
             kwargs = dict(raw_recipe=recipe.raw, out=out, prev=prev, reuse=reuse,
                           step={"name": step.name, "ops": [asdict(o) for o in step.ops],
                                 "last": step is steps[-1]})
+            t = time.perf_counter()
             if step.holds_model:
                 _ray_map(items, StepWorker, actor=True, num_cpus=step.num_cpus, num_gpus=step.num_gpus,
                          actors=step.actors, **kwargs)
             else:
                 _ray_map(items, run_step_task, **kwargs)
+            log(f"[vlcurate] step {step.name}: done in {time.perf_counter() - t:.1f} s")
         for p in parts:
             marker = json.loads(store.read_bytes(WORK, step.name, f"{p.name}.done"))
             for key, stat in marker["stages"].items():

@@ -91,3 +91,23 @@ def test_report(demo_job, capsys):
         assert f"<td>{stage}</td>" in page
     assert "truncated" in page and "<b>width</b>" in page and "<svg" in page
     assert main(["report", str(demo_job / "nope")]) == 2
+
+
+@pytest.mark.slow
+def test_rerun_resumes_other_recipe_refused_overwrite_replaces(ray_local, tmp_path, capsys):
+    out = tmp_path / "out"
+    recipe = str(REPO / "jobs/recipes/demo.yaml")
+    data = f"--input={REPO / 'jobs/demo_data/captions.jsonl'}"
+    assert main(["run", recipe, "-o", str(out), data]) == 0
+    manifest = (out / "manifest.parquet").read_bytes()
+    assert main(["run", recipe, "-o", str(out), data]) == 0  # same job: resumed, same files
+    assert "resumed" in capsys.readouterr().out and (out / "manifest.parquet").read_bytes() == manifest
+    other = ["--set", "stages.image_check.min_side_px=400"]
+    assert main(["run", recipe, "-o", str(out), data, *other]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["run", recipe, "-o", str(out), data, *other, "--overwrite"]) == 0
+    assert json.loads((out / "stats.json").read_text())["kept"] < 4
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["run", recipe, "-o", str(tmp_path / "mine"), data, "--overwrite"]) == 2
+    assert (tmp_path / "mine" / "notes.txt").exists()
