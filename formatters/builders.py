@@ -200,12 +200,23 @@ def resize_target(width: int, height: int, cfg: BuildConfig) -> tuple[int, int]:
     return w, h
 
 
+def _stable(width: int, height: int, cfg: BuildConfig) -> bool:
+    """Whether a W'xH' image stays W'xH' under smart_resize. Very thin images can miss this (the factor floor
+    of SPEC §3 step 3 leaves them over max_pixels, or over aspect ratio 200 after rounding): those are stored
+    as they came, and the trainer's own resize of the original gives the W'xH' we counted."""
+    try:
+        return smart_resize(height, width, FACTOR, cfg.min_pixels, cfg.max_pixels) == (height, width)
+    except ValueError:
+        return False
+
+
 def prepare_images(images: Sequence[Any], cfg: BuildConfig) -> tuple[list[bytes], list[list[int]], list[list[int]]]:
     """(stored bytes, stored [w, h], original [w, h]) of the record's images.
 
     With ``pre_resize`` (dialects qwen2-vl and qwen2.5-vl, which share the smart_resize geometry) each image
     is resized to exactly its W'xH' unless it already has that size, so the trainer decodes what we counted
-    and Qwen2.5-VL coordinates are pixels of the stored image.
+    and Qwen2.5-VL coordinates are pixels of the stored image; unless W'xH' is not a fixed point of
+    smart_resize (`_stable`), then the original is stored.
     """
     stored, sizes, originals = [], [], []
     for data in images:
@@ -215,7 +226,7 @@ def prepare_images(images: Sequence[Any], cfg: BuildConfig) -> tuple[list[bytes]
             raise Reject("decode_error")
         originals.append([w, h])
         tw, th = resize_target(w, h, cfg)
-        if cfg.pre_resize and cfg.dialect != "qwen-vl" and (tw, th) != (w, h):
+        if cfg.pre_resize and cfg.dialect != "qwen-vl" and (tw, th) != (w, h) and _stable(tw, th, cfg):
             stored.append(resize_image(bytes(data), tw, th))
             sizes.append([tw, th])
         else:

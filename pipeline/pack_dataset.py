@@ -147,6 +147,17 @@ def _size_bounds(areas: list[int]) -> dict[str, int]:
     return {"shortest_edge": min(areas), "longest_edge": max(areas)}
 
 
+def _runs(values: list[Any]) -> list[tuple[int, int]]:
+    """[start, end) ranges of equal consecutive values."""
+    runs: list[tuple[int, int]] = []
+    for i, v in enumerate(values):
+        if runs and values[runs[-1][0]] == v:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
 def _load_processors(processor: Any) -> tuple[Any, Any]:
     """(image processor, video processor or None) from a path or a processor object."""
     if isinstance(processor, str | os.PathLike):
@@ -174,7 +185,8 @@ def pack_model_inputs(pack: dict[str, Any], image_processor: Any, video_processo
         "labels": torch.from_numpy(pack["labels"].astype(np.int64)).reshape(1, n),
         "position_ids": torch.from_numpy(pack["position_ids"].astype(np.int64)).reshape(4, 1, n),
     }
-    images, image_grids, videos, video_grids, seconds = [], [], [], [], []
+    images, image_grids, image_limits, videos, video_grids, seconds = [], [], [], [], [], []
+    limits = doc.get("image_limits") or [[None, None]] * len(doc["media"])
     # frames per temporal patch: the model's (2 for Qwen2-VL / Qwen2.5-VL), as assemble_pack checked
     per_patch = int(getattr(video_processor, "temporal_patch_size", None) or 2)
     for i, names in enumerate(doc["media"]):
@@ -182,6 +194,7 @@ def pack_model_inputs(pack: dict[str, Any], image_processor: Any, video_processo
         if not is_video:
             images.extend(_rgb(pack["media"][name]) for name in names)
             image_grids.extend(doc["image_grid_thw"][i])
+            image_limits.extend([tuple(limits[i])] * len(names))
             continue
         frames = [np.asarray(_rgb(pack["media"][name])) for name in names]
         grids = doc["video_grid_thw"][i]
@@ -202,12 +215,20 @@ def pack_model_inputs(pack: dict[str, Any], image_processor: Any, video_processo
         video_grids.extend(grids)
         seconds.extend(doc["second_per_grid_ts"][i])
     if images:
-        got = image_processor(
-            images=images, size=_size_bounds([im.width * im.height for im in images]), return_tensors="pt"
-        )
-        _check_grids(key, "image", got["image_grid_thw"], image_grids)
-        out["pixel_values"] = got["pixel_values"]
-        out["image_grid_thw"] = got["image_grid_thw"].long()
+        pixel_values, grids = [], []
+        # images built under the same limits go through the processor together, in pack order
+        for start, end in _runs(image_limits):
+            chunk = images[start:end]
+            lo, hi = image_limits[start]
+            size = ({"shortest_edge": int(lo), "longest_edge": int(hi)} if lo and hi
+                    else _size_bounds([im.width * im.height for im in chunk]))
+            got = image_processor(images=chunk, size=size, return_tensors="pt")
+            pixel_values.append(got["pixel_values"])
+            grids.append(got["image_grid_thw"])
+        image_grid_thw = torch.cat(grids)
+        _check_grids(key, "image", image_grid_thw, image_grids)
+        out["pixel_values"] = torch.cat(pixel_values)
+        out["image_grid_thw"] = image_grid_thw.long()
     if videos:
         if video_processor is None:
             raise ValueError(f"pack {key} has video members but the processor has no video processor")

@@ -144,6 +144,10 @@ def write_pack_shard_task(batch: dict[str, Any], out: str, token_ids: dict[str, 
                 "is_video": bool(m["meta"].get("video_grid_thw")),
             } for m in members]
             pack = assemble_pack(spec, **token_ids)
+            # the resize limits each member was built with: a trainer's processor needs them for images that
+            # were not pre-resized (PackDataset)
+            pack["json"]["image_limits"] = [[m["meta"].get("min_pixels"), m["meta"].get("max_pixels")]
+                                            for m in members]
             packs.append((pack_id, pack))
             lengths = [len(m["input_ids"]) for m in members]
             index.append({"pack": pack_id, "shard": name, "members": [m["id"] for m in members],

@@ -386,3 +386,25 @@ def test_box_round_trip_through_a_built_sample() -> None:
         sw, sh = (1000, 1000) if dialect != "qwen2.5-vl" else s["meta"]["image_sizes"][0]
         for i, (a, b) in enumerate(zip(back, WORKED, strict=True)):
             assert abs(a - b) <= (640 / sw if i % 2 == 0 else 428 / sh) / 2 + 1e-9
+
+
+def test_thin_images_whose_target_is_unstable_are_stored_as_they_came():
+    """SPEC §3: a 1900x25 line under max 50176 resizes to 1932x28 (over max_pixels by the factor floor), which
+    smart_resize would shrink again; a 5890x33 strip resizes past aspect ratio 200. Both keep their original."""
+    from formatters.builders import BuildConfig, prepare_images
+    from formatters.qwen import smart_resize
+    from tests.media import encode, photo
+
+    for (w, h), (lo, hi) in [((1900, 25), (784, 50176)), ((5890, 33), (3136, 12845056))]:
+        data = encode(photo(w, h, 1), "PNG")
+        cfg = BuildConfig(dialect="qwen2.5-vl", min_pixels=lo, max_pixels=hi, pre_resize=True, options={})
+        stored, sizes, originals = prepare_images([data], cfg)
+        assert stored == [data] and sizes == originals == [[w, h]]
+        th, tw = smart_resize(h, w, 28, lo, hi)
+        try:
+            assert smart_resize(th, tw, 28, lo, hi) != (th, tw)
+        except ValueError:
+            pass  # past aspect ratio 200 once resized
+    normal = encode(photo(333, 222, 2), "PNG")
+    cfg = BuildConfig(dialect="qwen2.5-vl", min_pixels=3136, max_pixels=1003520, pre_resize=True, options={})
+    assert prepare_images([normal], cfg)[1] == [[336, 224]]

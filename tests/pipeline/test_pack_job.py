@@ -82,3 +82,27 @@ def test_pack_job(ray_local, tiny, tmp_path, capsys):
     for name in names:
         assert (tmp_path / "a" / "packs" / name).read_bytes() == (tmp_path / "b" / "packs" / name).read_bytes()
     assert (tmp_path / "a" / "packs.parquet").read_bytes() == (tmp_path / "b" / "packs.parquet").read_bytes()
+
+
+def test_packs_of_images_kept_at_original_size_read_back(ray_local, tiny, tmp_path):
+    """pre_resize: false stores the originals; PackDataset resizes them with each member's recorded limits and
+    gets exactly the grids the pack counted."""
+    pack = {"max_len": 4096}
+    manifest, _ = ocr_job(tiny, tmp_path / "orig", 5, {**pack})
+    assert manifest
+    out = tmp_path / "nopre"
+    sets = [f"input.path={REPO / 'tests/data/ocr_icdar2015'}", f"format.tokenizer={tiny}", "format.pre_resize=false",
+            "format.max_pixels=12544", "pack.max_len=4096"]
+    run_job(load_recipe(str(REPO / "jobs/recipes/ocr.yaml"), sets), str(out), log=lambda m: None)
+    packs = pq.read_table(out / "packs.parquet").to_pylist()
+    batches = list(PackDataset(str(out / "packs"), tiny))
+    assert len(batches) == len(packs) > 0
+    first = next(iter_packs(str(sorted((out / "packs").glob("*.tar"))[0])))
+    import io
+
+    from PIL import Image
+
+    sizes = {Image.open(io.BytesIO(data)).size for data in first["media"].values()}
+    assert sizes == {(1280, 720)}  # the ICDAR originals, not resized
+    n_images = sum(len(p["members"]) for p in packs)
+    assert sum(int(b["image_grid_thw"].shape[0]) for b in batches) == n_images
