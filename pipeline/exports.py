@@ -200,8 +200,16 @@ LLAMAFACTORY_INFO = {
 }
 HOW_TO_LOAD = {
     "llamafactory": "dataset_dir: this folder; dataset: vlcurate (dataset_info.json); media paths are relative "
-                    "to it (media_dir defaults to dataset_dir)",
-    "swift": "--dataset data.jsonl; image paths are absolute for a local job folder",
+                    "to it (media_dir defaults to dataset_dir). Set image_max_pixels >= the recipe's "
+                    "format.max_pixels and video_max_pixels >= the frame area, or LLaMA-Factory resizes the "
+                    "images again (its defaults are 768*768 and 256*256) and qwen2.5-vl coordinates no longer "
+                    "match; video frames are read at 2 fps, so samples whose sample_fps is not 2 get other "
+                    "temporal positions than the shards",
+    "swift": "--dataset data.jsonl; image paths are absolute for a local job folder. For qwen2.5-vl grounding "
+             "set QWENVL_BBOX_FORMAT=new (ms-swift's default 'legacy' renders the JSON boxes as "
+             "<|box_start|> text); ms-swift recomputes box coordinates from `objects` with its own rounding "
+             "(no clamp at the right/bottom edge, round instead of floor for qwen-vl), so a few coordinates "
+             "can differ by one from the shards; video frames are read at 2 fps",
     "qwen": "data_list entry: {annotation_path: <this folder>/data.jsonl, data_path: <this folder>}",
 }
 
