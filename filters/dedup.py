@@ -223,7 +223,8 @@ class Dedup(Stage):
         links = links[~(mass[links[:, 0]] | mass[links[:, 1]])]
         labels = connected_components(n, links)
 
-        area = [int(w or 0) * int(h or 0) for w, h in zip(table["width"], table["height"], strict=True)]
+        widths, heights = table.get("width") or [0] * n, table.get("height") or [0] * n  # no image_check: ids
+        area = [int(w or 0) * int(h or 0) for w, h in zip(widths, heights, strict=True)]
         keep_of: dict[int, int] = {}
         for i in sorted(range(n), key=lambda i: (-area[i], ids[i])):
             keep_of.setdefault(int(labels[i]), i)

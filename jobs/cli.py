@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     regen.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override recipe keys, e.g. --set stages.clip_score.keep_top_fraction=0.2")
     regen.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    regen.add_argument("--overwrite", action="store_true", help="delete NEW_OUT's earlier job first")
 
     rep = sub.add_parser("report", help="write OUT/report.html: funnel, drop reasons, score histograms, packing")
     rep.add_argument("out", help="job output folder")
@@ -118,7 +119,7 @@ def _regen(args: argparse.Namespace) -> int:
             set_dotted(raw, assignment)
         return parse_recipe(raw)
 
-    return _execute(load, args.new_out, args.num_cpus, reuse_from=args.out)
+    return _execute(load, args.new_out, args.num_cpus, reuse_from=args.out, overwrite=args.overwrite)
 
 
 def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str | None = None,
@@ -133,6 +134,8 @@ def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str |
         if reuse_from is None:
             check_stages(recipe)
         if overwrite:
+            if os.environ.get("RAY_ADDRESS") and not os.path.isabs(out) and "://" not in out:
+                raise RayEnvError(f"-o {out}: a relative output path on a cluster is refused (see --help)")
             _clear(out)
         started = start_ray(out, num_cpus=num_cpus)
     except (RecipeError, RayEnvError) as e:

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+IMAGE_SUFFIXES = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
 SKIP = {"id", "parent_id", "shard", "key", "source", "text", "drop_stage", "drop_reason", "meta"}
 
 
@@ -34,7 +35,7 @@ def _sample_from_shard(out: str, shard: str, key: str) -> dict[str, Any]:
             continue
         if suffix == "json":
             sample["json"] = json.loads(entry)
-        else:
+        elif suffix.split(".")[-1] in IMAGE_SUFFIXES:  # not the .npy token arrays
             sample["images"].append((suffix, entry))
     return sample
 

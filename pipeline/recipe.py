@@ -6,6 +6,7 @@ A wrong key, type or value becomes one `RecipeError` line naming the dotted key 
 from __future__ import annotations
 
 import importlib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -77,6 +78,7 @@ class RecipeModel(Section):
 
 
 COMMON_STAGE_KEYS = ("enabled", "use", "actors")
+RESERVED_STAGE_KEYS = ("read", "format", "pack", "scatter")
 
 
 @dataclass
@@ -106,6 +108,15 @@ class Recipe:
     @property
     def input(self) -> InputSpec:
         return self.model.input
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the results of a job: the resolved recipe less `actors` and `output.exports`, which
+        change how fast it runs or what is exported afterwards, never what is kept (resume compares this)."""
+        out = self.resolved()
+        for stage in out["stages"].values():
+            stage.pop("actors", None)
+        out["output"].pop("exports", None)
+        return out
 
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled in (written to job.json)."""
@@ -143,7 +154,8 @@ def _first_error(e: ValidationError, prefix: str, model: type[BaseModel] | None 
         for part in err["loc"][:-1]:
             field = target.model_fields.get(str(part)) if hasattr(target, "model_fields") else None
             ann = getattr(field, "annotation", None)
-            target = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            options = typing.get_args(ann) or (ann,)  # `FormatSpec | None` -> FormatSpec
+            target = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
             if target is None:
                 break
         allowed = sorted(target.model_fields) if target is not None else []
@@ -186,6 +198,9 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
         raise RecipeError(f"input.format: unknown format {model.input.format!r} (allowed: {', '.join(READERS)})")
     specs = []
     for key, cfg in model.stages.items():
+        if key in RESERVED_STAGE_KEYS:
+            raise RecipeError(f"stages.{key}: the name {key!r} is reserved ({', '.join(RESERVED_STAGE_KEYS)}); "
+                              "rename the stage and name its kind with `use:`")
         cfg = dict(cfg or {})
         use = str(cfg.pop("use", key))
         enabled = cfg.pop("enabled", True)

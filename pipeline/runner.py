@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -100,6 +101,11 @@ def plan_steps(recipe: Recipe) -> list[Step]:
 # Per-partition execution (runs inside Ray tasks / actors)
 
 
+def error_text(e: BaseException) -> str:
+    """An exception as one short line without object addresses, so rejects are the same on every run."""
+    return re.sub(r" ?<[^>]* at 0x[0-9a-f]+>", "", f"{type(e).__name__}: {e}")[:500]
+
+
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     keys: list[str] = []
     for r in rows:
@@ -133,7 +139,7 @@ def apply_map(stage: Stage, rows: list[dict[str, Any]], decide: bool = True) -> 
                 try:
                     results.append(_score_rows(stage, [row], decide))
                 except Exception as e:  # one bad row is data, not a crash
-                    row["meta"] = {**(row.get("meta") or {}), "error": f"{type(e).__name__}: {e}"[:500]}
+                    row["meta"] = {**(row.get("meta") or {}), "error": error_text(e)}
                     results.append(({}, ["stage_error"]))
                 groups.append([row])
         for group, (cols, why) in zip(groups, results, strict=True):
@@ -175,7 +181,7 @@ def apply_expand(stage: Stage, rows: list[dict[str, Any]]) -> tuple[list[dict[st
         try:
             result = stage.expand(row)
         except Exception as e:
-            row["meta"] = {**(row.get("meta") or {}), "error": f"{type(e).__name__}: {e}"[:500]}
+            row["meta"] = {**(row.get("meta") or {}), "error": error_text(e)}
             result = "stage_error"
         if isinstance(result, str) or not result:
             reason = result if isinstance(result, str) else "no_samples"
@@ -457,6 +463,9 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
                               "choose a new output folder or pass --overwrite")
     else:
         store.write_bytes(identity, WORK, "job_identity.json")
+    removed = store.remove_temporary()
+    if removed:
+        log(f"[vlcurate] removed {removed} half-written file(s) of an interrupted run")
     steps = plan_steps(recipe)
     stats: dict[str, dict[str, Any]] = {"read": {}}
     for spec_ in recipe.stages:

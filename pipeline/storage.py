@@ -113,6 +113,16 @@ class Store:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
         return sorted(posixpath.basename(i.path) for i in infos)
 
+    def remove_temporary(self) -> int:
+        """Delete the `*.tmp-*` files a killed writer left behind (they are never read); return how many."""
+        if not self.exists():
+            return 0
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
+        stale = [i.path for i in infos if i.type == pafs.FileType.File and ".tmp-" in posixpath.basename(i.path)]
+        for path in stale:
+            self.fs.delete_file(path)
+        return len(stale)
+
     def delete_dir(self, *parts: str) -> None:
         if self.exists(*parts):
             self.fs.delete_dir(self.path(*parts))

@@ -48,8 +48,10 @@ def image_extension(data: bytes) -> str:
 
 
 def job_identity(recipe: Recipe, parts: list[Partition]) -> bytes:
-    """What a resumable job is: the resolved recipe and the partitions of its input."""
-    doc = {"recipe": recipe.resolved(), "partitions": [[p.name, p.relpath, p.start, p.stop] for p in parts]}
+    """What a resumable job is: the recipe (less what only changes speed), the partitions of its input and
+    the input files' content hashes, so an edited input is never resumed from the old one's results."""
+    doc = {"recipe": recipe.identity(), "partitions": [[p.name, p.relpath, p.start, p.stop] for p in parts],
+           "input": fingerprint(recipe.input, parts)}
     return json.dumps(doc, sort_keys=True).encode()
 
 
@@ -93,11 +95,11 @@ def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) 
         b = f"{int(bucket):05d}"
         table = store.read_folder(WORK, "buckets", b)
         rows = sorted(table.to_pylist(), key=lambda r: r["id"])  # sort rows, not the table: no byte copies
-        if store.exists(WORK, "keep", f"{b}.parquet"):  # decisions taken after the scatter: keep their rows
-            final = store.read_parquet(WORK, "keep", f"{b}.parquet")
-            kept = {r["id"]: r for r in final.to_pylist()}
-            rows = [{**r, **kept[r["id"]]} for r in rows if r["id"] in kept]
-            table = concat([table.slice(0, 0), final.slice(0, 0)])
+        # keep what the last step kept, with its final columns (decisions taken after the scatter)
+        final = store.read_parquet(WORK, "keep", f"{b}.parquet")
+        kept = {r["id"]: r for r in final.to_pylist()}
+        rows = [{**r, **kept[r["id"]]} for r in rows if r["id"] in kept]
+        table = concat([table.slice(0, 0), final.slice(0, 0)])
         scores = score_columns(table.schema)
         pieces: list[list[dict[str, Any]]] = [[]]
         size = 0
@@ -159,6 +161,20 @@ def write_pack_shard_task(batch: dict[str, Any], out: str, token_ids: dict[str, 
     return {"shard": done}
 
 
+def reject_duplicate_ids(table: pa.Table) -> pa.Table:
+    """Rows that share an id (a repeated `key_column` value) are all rejected as `duplicate_id`: an id must
+    name one record, in shards, manifest and decisions alike."""
+    counts = pc.value_counts(table["id"]).to_pylist()
+    dups = [c["values"] for c in counts if c["counts"] > 1]
+    if not dups:
+        return table
+    mask = pc.is_in(table["id"], value_set=pa.array(dups, pa.string()))
+    for name, value in (("drop_stage", "read"), ("drop_reason", "duplicate_id")):
+        col = pc.if_else(mask, pa.scalar(value, pa.string()), table[name].cast(pa.string()))
+        table = table.set_column(table.schema.get_field_index(name), name, col)
+    return table
+
+
 def token_ids_for(recipe: Recipe) -> dict[str, int]:
     """The vision token ids for M-RoPE, read from the recipe's tokenizer (defaults: the Qwen2 family's)."""
     ids = {"vision_start_token_id": 151652, "image_token_id": 151655, "video_token_id": 151656}
@@ -202,19 +218,23 @@ def _final_tables(store: Store, step: str) -> pa.Table:
 
 def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: str, stats: dict[str, Any],
                   log: Any = print) -> None:
-    from pipeline.runner import _ray_map, plan_steps
+    from pipeline.runner import _ray_map
 
     buckets = sorted(int(b) for b in store.list(WORK, "buckets"))
-    table = _final_tables(store, step)
+    table = reject_duplicate_ids(_final_tables(store, step))
     kept_mask = pc.is_null(table["drop_stage"])
     done = {n.removesuffix(".json") for n in store.list(WORK, "shards")}
     todo = [b for b in buckets if f"{b:05d}" not in done]
-    if todo and not any(o.kind == "scatter" for o in plan_steps(recipe)[-1].ops):
+    if todo:  # what the shard writers keep: the rows the last step kept (after any trailing decision)
         kept_all = table.filter(kept_mask)
         of_bucket = np.array([bucket_of(i, recipe.model.output.buckets) for i in kept_all["id"].to_pylist()])
-        for b in todo:
-            store.write_parquet(kept_all.filter(pa.array(of_bucket == b)), WORK, "keep", f"{b:05d}.parquet",
-                                work=True)
+        for b in list(todo):
+            keep = kept_all.filter(pa.array(of_bucket == b, pa.bool_()))
+            if keep.num_rows == 0:  # every row of this bucket was dropped after the scatter: no shard
+                store.write_bytes(b"[]", WORK, "shards", f"{b:05d}.json")
+                todo.remove(b)
+                continue
+            store.write_parquet(keep, WORK, "keep", f"{b:05d}.parquet", work=True)
     if todo:
         log(f"[vlcurate] writing {len(todo)} shard bucket(s)")
         shard_bytes = recipe.model.output.shard_bytes

@@ -71,8 +71,14 @@ def _name(i: int) -> str:
 def load_image(fs: pafs.FileSystem, base_dir: str, value: Any) -> tuple[bytes | None, str | None, str | None]:
     """An image column value -> (bytes, path, error reason). Path strings are relative to the input file."""
     if isinstance(value, dict):
-        if value.get("bytes"):
-            return bytes(value["bytes"]), value.get("path"), None
+        data = value.get("bytes")
+        if data:
+            if not isinstance(data, bytes | bytearray | list):
+                return None, None, "decode_error"  # e.g. base64 text: not the {bytes, path} struct
+            try:
+                return bytes(data), value.get("path"), None
+            except (ValueError, TypeError):
+                return None, None, "decode_error"
         value = value.get("path")
     if isinstance(value, bytes | bytearray):
         return bytes(value), None, None
@@ -91,7 +97,7 @@ def load_image(fs: pafs.FileSystem, base_dir: str, value: Any) -> tuple[bytes | 
     try:
         with fs2.open_input_stream(p) as f:
             return f.read(), value, None
-    except (FileNotFoundError, IsADirectoryError, OSError):
+    except (FileNotFoundError, IsADirectoryError, OSError, ValueError):  # ValueError: e.g. a NUL in the path
         return None, value, "missing_file"
 
 
@@ -135,6 +141,12 @@ def iter_json_lines(data: bytes, part: Partition, key_field: str | None
         if not isinstance(rec, dict):
             yield drop(row, "invalid_json", "line is not a JSON object"), None
             continue
+        if "\\u" in text:  # \ud83d escapes decode to lone surrogates that no UTF-8 writer accepts
+            try:
+                json.dumps(rec, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as e:
+                yield drop(row, "invalid_utf8", f"escaped lone surrogate: {str(e)[:150]}"), None
+                continue
         if key_field and rec.get(key_field) is not None:
             key = str(rec[key_field])
             row["id"], row["source"] = make_id(part.relpath, key), f"{part.relpath}:{line_no}#{key}"

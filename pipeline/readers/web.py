@@ -140,6 +140,7 @@ class WebDatasetReader:
                     meta = json.loads(files["json"].decode("utf-8"))
                 except (UnicodeDecodeError, json.JSONDecodeError):
                     meta = {}
+                meta = meta if isinstance(meta, dict) else {}
             image_ext = next((e for e in sorted(files) if "." + e.split(".")[-1] in IMAGE_EXTENSIONS), None)
             if image_ext is None:
                 rows.append(drop(row, "no_image", f"files: {sorted(files)}"))

@@ -75,6 +75,9 @@ def test_pack_job(ray_local, tiny, tmp_path, capsys):
     assert summary["packs"] == len(packs) and summary["lower_bound_packs"] <= len(packs)
     assert main(["inspect", str(tmp_path / "a"), "--packs"]) == 0
     assert "fill" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "a"), "--json", "--n", "3"]) == 0  # shards also hold .npy tokens
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(shown) == 3 and all(s["image_sizes"] and s["messages"] for s in shown)
 
     ocr_job(tiny, tmp_path / "b", 5, pack)  # other partitioning: byte-identical packs
     names = sorted(p.name for p in (tmp_path / "a" / "packs").glob("*.tar"))

@@ -74,3 +74,25 @@ def test_pack_without_format_is_an_error():
         parse_recipe(raw)
     raw["pack"]["enabled"] = False
     assert [s.key for s in parse_recipe(raw).stages] == ["image_check"]
+
+
+def test_reserved_stage_names_and_section_keys():
+    for name in ("read", "pack", "scatter", "format"):
+        raw = base()
+        raw["stages"][name] = {"use": "caption_check"}
+        with pytest.raises(RecipeError, match=f"stages.{name}: the name '{name}' is reserved"):
+            parse_recipe(raw)
+    raw = base()
+    raw["format"] = {"builder": "caption_sft", "tokenzier": "x"}
+    with pytest.raises(RecipeError, match=r"format.tokenzier: unknown key \(allowed: .*builder.*tokenizer"):
+        parse_recipe(raw)
+
+
+def test_identity_ignores_speed_and_exports():
+    raw = base()
+    a = parse_recipe(raw).identity()
+    raw["stages"]["image_check"]["actors"] = 4
+    raw["output"] = {"exports": ["qwen"]}
+    assert parse_recipe(raw).identity() == a
+    raw["stages"]["image_check"]["min_side_px"] = 65
+    assert parse_recipe(raw).identity() != a
