@@ -378,15 +378,16 @@ def load_scores(source: dict[str, Any], columns: list[str]) -> dict[str, dict[st
 
 
 def reusable_scores(recipe: Recipe, old_out: str) -> dict[str, dict[str, Any]]:
-    """The model stages of `recipe` whose scores the job in `old_out` computed with the same parameters
-    (apart from the stage's `decision_params`)."""
+    """The global model stages of `recipe` whose scores the job in `old_out` computed with the same
+    parameters (apart from the stage's `decision_params`)."""
     old_store = Store(old_out)
     job = json.loads(old_store.read_bytes("job.json"))
     old_stages = job["recipe"].get("stages", {})
     out = {}
     for spec in recipe.stages:
         old = old_stages.get(spec.key)
-        if not spec.cls.holds_model or old is None or old.get("use") != spec.use:
+        # global stages decide from the stored score columns alone, so their scores can stand in for the model
+        if not spec.cls.holds_model or spec.cls.kind != "global" or old is None or old.get("use") != spec.use:
             continue
         new = {"use": spec.use, **spec.params.model_dump(mode="json")}
         drop = set(spec.cls.decision_params) | {"actors"}
