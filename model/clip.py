@@ -118,9 +118,21 @@ class ClipScorer:
                 [self.preprocess(im.convert("RGB")) for im in images[i : i + self.batch_size]]
             )
             with torch.inference_mode():
-                emb = self.model.encode_image(pixels.to(self.device, dtype=self._dtype()), normalize=True)
+                emb = self.model.encode_image(
+                    self._padded(pixels).to(self.device, dtype=self._dtype()), normalize=True
+                )[: len(pixels)]
             out.append(emb.float().cpu().numpy())
         return np.concatenate(out) if out else np.empty((0, self.embed_dim), dtype=np.float32)
+
+    def _padded(self, batch: Any) -> Any:
+        """The batch padded to `batch_size` rows (repeating its last row). Matrix kernels pick their blocking
+        by batch size, so a row's embedding differs in the last bits between batch sizes (not between
+        positions in a batch of one size): a fixed size makes scores independent of how rows were batched,
+        hence of the job's partitioning."""
+        import torch
+
+        missing = self.batch_size - len(batch)
+        return batch if missing <= 0 else torch.cat([batch, batch[-1:].expand(missing, *batch.shape[1:])])
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """(n, embed_dim) float32, unit rows; texts are truncated to the model's context length."""
@@ -128,9 +140,9 @@ class ClipScorer:
 
         out = []
         for i in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[i : i + self.batch_size])).to(self.device)
+            tokens = self.tokenizer(list(texts[i : i + self.batch_size]))
             with torch.inference_mode():
-                emb = self.model.encode_text(tokens, normalize=True)
+                emb = self.model.encode_text(self._padded(tokens).to(self.device), normalize=True)[: len(tokens)]
             out.append(emb.float().cpu().numpy())
         return np.concatenate(out) if out else np.empty((0, self.embed_dim), dtype=np.float32)
 
