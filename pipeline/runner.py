@@ -411,7 +411,8 @@ def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_c
     """The one adapter onto Ray Data: tasks for stateless work, an actor pool for model-holding stages."""
     import ray.data
 
-    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
+    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor",
+                 "ray.data.exceptions"):  # a failing task still raises here, with its traceback
         logging.getLogger(name).setLevel(logging.ERROR)  # our own log says which step runs, and how long
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -422,7 +423,31 @@ def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_c
                             fn_constructor_kwargs=kwargs)
     else:
         ds = ds.map_batches(fn, batch_size=1, num_cpus=num_cpus, fn_kwargs=kwargs)
-    return ds.take_all()
+    try:
+        return ds.take_all()
+    except Exception as e:
+        problem = _recipe_error_in(e)
+        if problem is not None:  # a recipe problem only a worker could see: one line, not a Ray traceback
+            raise RecipeError(str(problem)) from None
+        raise
+
+
+def _recipe_error_in(e: BaseException | None, depth: int = 0) -> RecipeError | None:
+    """The RecipeError at the root of a Ray task failure, if that is what it is."""
+    if e is None or depth > 8:
+        return None
+    if isinstance(e, RecipeError):
+        return e
+    # Ray Data re-raises a worker's exception as text inside its own error: read the line back
+    match = re.search(r"RecipeError: (.+)", str(e))
+    if match:
+        return RecipeError(match.group(1).strip())
+    for inner in (getattr(e, "cause", None), e.__cause__, e.__context__):
+        if isinstance(inner, BaseException):
+            found = _recipe_error_in(inner, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 def _merge_stats(total: dict[str, Any], stat: dict[str, Any]) -> None:

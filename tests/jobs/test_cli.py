@@ -111,3 +111,13 @@ def test_rerun_resumes_other_recipe_refused_overwrite_replaces(ray_local, tmp_pa
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main(["run", recipe, "-o", str(tmp_path / "mine"), data, "--overwrite"]) == 2
     assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+@pytest.mark.slow
+def test_recipe_problem_seen_in_a_worker_is_one_line(ray_local, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"input: {{path: {REPO / 'tests/data/grounding_coco/instances.json'}, format: coco, "
+                      "options: {image_dir: 5}}\n")
+    assert main(["run", str(recipe), "-o", str(tmp_path / "out")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vlcurate:")]
+    assert err == ["vlcurate: input.options.image_dir: must be a path (got 5)"]
