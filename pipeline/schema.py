@@ -88,10 +88,34 @@ def table_to_rows(table: pa.Table) -> list[dict[str, Any]]:
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:
+    """Tables of several partitions as one. A column typed differently in two partitions (a custom stage
+    returning bool here and int there) becomes float64 when all its types are numbers, else JSON text,
+    instead of failing the job at the very end."""
     tables = [t for t in tables if t is not None]
     if not tables:
         return rows_to_table([])
-    return pa.concat_tables(tables, promote_options="permissive")
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return pa.concat_tables([_harmonise(t, tables) for t in tables], promote_options="permissive")
+
+
+def _harmonise(table: pa.Table, all_tables: list[pa.Table]) -> pa.Table:
+    for name in table.column_names:
+        kinds = {str(t.schema.field(name).type) for t in all_tables if name in t.column_names}
+        kinds.discard("null")
+        if len(kinds) < 2:
+            continue
+        col = table[name]
+        numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                      for t in (pa.type_for_alias(k) if k.isidentifier() else pa.string() for k in kinds))
+        if numeric:
+            new = col.cast(pa.float64())
+        else:
+            new = pa.array([v if v is None or isinstance(v, str) else json.dumps(v, sort_keys=True)
+                            for v in col.to_pylist()], pa.string())
+        table = table.set_column(table.schema.get_field_index(name), name, new)
+    return table
 
 
 def score_columns(schema: pa.Schema) -> list[str]:

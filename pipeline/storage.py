@@ -104,7 +104,9 @@ class Store:
                 tables.append(self.read_parquet(*parts, name, columns=cols))
         if not tables:
             return pa.table({})
-        return pa.concat_tables(tables, promote_options="permissive")
+        from pipeline.schema import concat
+
+        return concat(tables)
 
     def list(self, *parts: str) -> list[str]:
         """Names (not paths) of the entries of a folder, sorted; empty when it does not exist."""
