@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import platform
 from collections.abc import Iterator
 from importlib import metadata
@@ -55,12 +56,17 @@ def job_identity(recipe: Recipe, parts: list[Partition]) -> bytes:
     return json.dumps(doc, sort_keys=True).encode()
 
 
+def _non_finite(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
+
+
 def sample_json(row: dict[str, Any], scores: list[str]) -> bytes:
     doc: dict[str, Any] = {k: row.get(k) for k in ("id", "parent_id", "source", "text", "answer")}
     for k in JSON_COLUMNS:
         v = row.get(k)
         doc[k] = json.loads(v) if isinstance(v, str) else v
-    doc["scores"] = {k: row[k] for k in scores if row.get(k) is not None}
+    # NaN / inf are not JSON: such a score is left out like a missing one
+    doc["scores"] = {k: row[k] for k in scores if row.get(k) is not None and not _non_finite(row[k])}
     return json.dumps(doc, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 

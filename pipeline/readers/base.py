@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import posixpath
 from collections.abc import Iterator
@@ -172,6 +173,8 @@ def record_to_row(rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs:
         row["answer"] = ans if isinstance(ans, str) or ans is None else json.dumps(ans)
     for k, v in rec.items():
         if k in (spec.image_column, spec.text_column, spec.answer_column):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):  # json.loads accepts NaN; JSON writers do not
             continue
         if isinstance(v, str | int | float | bool) and len(str(v)) <= 1000:
             row["meta"][k] = v

@@ -70,3 +70,17 @@ def test_edited_input_is_not_resumed_and_stale_temp_files_go(ray_local, tmp_path
     path.write_text(path.read_text().replace('"c0"', '"x0"'))
     with pytest.raises(RecipeError, match="another recipe or input"):
         run(path, out)
+
+
+def test_nan_in_input_never_reaches_the_shard_json(ray_local, tmp_path):
+    path = write(tmp_path, ['{"image": "img/0.jpg", "caption": "nan here", "rating": NaN, "views": 3}'])
+    run(path, tmp_path / "out")
+    [tar] = list((tmp_path / "out" / "shards").glob("*.tar"))
+    import tarfile
+
+    def strict(name: str):
+        raise ValueError(f"not JSON: {name}")
+
+    with tarfile.open(tar) as t:
+        docs = [json.loads(t.extractfile(m).read(), parse_constant=strict) for m in t if m.name.endswith(".json")]
+    assert docs[0]["meta"]["views"] == 3 and "rating" not in docs[0]["meta"]
