@@ -72,10 +72,14 @@ class Stage:
         return [None] * len(batch["id"])
 
     def decide_global(self, table: Batch) -> Batch:
-        raise NotImplementedError
+        """Global stages implement this (the one decision over the whole dataset)."""
+        raise NotImplementedError(f"{type(self).__name__} (kind {self.kind!r}) has no decide_global: "
+                                  "a global stage must implement it")
 
     def expand(self, row: dict[str, Any]) -> list[dict[str, Any]] | str:
-        raise NotImplementedError
+        """Expand stages implement this (one record -> its samples)."""
+        raise NotImplementedError(f"{type(self).__name__} (kind {self.kind!r}) has no expand: "
+                                  "an expand stage must implement it")
 
     def score_columns(self) -> list[str]:
         """Names of the score columns ``score`` adds (read by global decisions and the manifest)."""

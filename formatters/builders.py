@@ -455,6 +455,18 @@ def _grounding_objects(ann: Mapping[str, Any], width: int, height: int) -> tuple
     return objects, incomplete
 
 
+def _one_image(row: Mapping[str, Any], cfg: BuildConfig) -> tuple[dict, list[bytes], list, list] | str:
+    """(annotations, stored images, stored sizes, original sizes) of a record annotated on exactly one image
+    (grounding, OCR), or the drop reason; the annotation's recorded size must match the image."""
+    ann = _dict(row.get("annotations"))
+    images = list(row.get("images") or [])
+    if len(images) != 1:
+        return "no_image" if not images else "expected_one_image"
+    stored, sizes, originals = prepare_images(images, cfg)
+    _size_check(ann, *originals[0])
+    return ann, stored, sizes, originals
+
+
 def build_grounding(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
     """COCO / RefCOCO record -> referring grounding (phrase -> box), region captioning (box -> phrase) and
     "locate every <category>" detection samples, in the recipe's dialect (SPEC §2).
@@ -464,13 +476,11 @@ def build_grounding(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
     is not listed ("every" would be incomplete). A phrase that names two different objects is skipped.
     """
     opts = options_for("grounding", cfg.options)
-    ann = _dict(row.get("annotations"))
-    images = list(row.get("images") or [])
-    if len(images) != 1:
-        return "no_image" if not images else "expected_one_image"
-    stored, sizes, originals = prepare_images(images, cfg)
+    one = _one_image(row, cfg)
+    if isinstance(one, str):
+        return one
+    ann, stored, sizes, originals = one
     (width, height) = originals[0]
-    _size_check(ann, width, height)
     objects, incomplete = _grounding_objects(ann, width, height)
     if not objects:
         return "no_objects"
@@ -577,13 +587,11 @@ def build_ocr(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
     text spotting samples. ``ignore`` / ``###`` regions are never targets. Qwen2.5-VL has no quad text: its
     shapes are the quads' axis-aligned boxes in JSON with ``"text_content"`` (the Qwen2.5-VL OCR format)."""
     opts = options_for("ocr", cfg.options)
-    ann = _dict(row.get("annotations"))
-    images = list(row.get("images") or [])
-    if len(images) != 1:
-        return "no_image" if not images else "expected_one_image"
-    stored, sizes, originals = prepare_images(images, cfg)
+    one = _one_image(row, cfg)
+    if isinstance(one, str):
+        return one
+    ann, stored, sizes, originals = one
     (width, height) = originals[0]
-    _size_check(ann, width, height)
     texts = []
     for t in ann.get("texts") or []:
         if not isinstance(t, Mapping):

@@ -130,7 +130,7 @@ def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str |
 
     try:
         recipe = load_recipe()
-        reader_for(recipe.input).plan(recipe.input)  # a missing input fails here, before Ray starts
+        parts = reader_for(recipe.input).plan(recipe.input)  # a missing input fails here, before Ray starts
         if reuse_from is None:
             check_stages(recipe)
         if overwrite:
@@ -144,7 +144,7 @@ def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str |
     try:
         from pipeline.runner import run_job
 
-        result = run_job(recipe, out, log=lambda m: print(m, flush=True), reuse_from=reuse_from)
+        result = run_job(recipe, out, log=lambda m: print(m, flush=True), reuse_from=reuse_from, parts=parts)
     except RecipeError as e:
         print(f"vlcurate: {e}", file=sys.stderr)
         return 2

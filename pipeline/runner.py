@@ -32,9 +32,7 @@ from pipeline.schema import (
     rows_to_table,
     table_to_rows,
 )
-from pipeline.storage import Store
-
-WORK = "_work"
+from pipeline.storage import WORK, Store
 
 
 @dataclass
@@ -467,7 +465,8 @@ class JobResult:
     skipped_partitions: int
 
 
-def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None = None) -> JobResult:
+def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None = None,
+            parts: list[readers.Partition] | None = None) -> JobResult:
     """Run a whole job into OUT; Ray must be initialised (jobs.run does that). With `reuse_from` (an earlier
     job's folder), model stages take the scores that job computed instead of running the model."""
     from pipeline import writers
@@ -481,8 +480,10 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
     store = Store(out)
     spec = recipe.input
     reader = readers.reader_for(spec)
-    parts = reader.plan(spec)
-    identity = writers.job_identity(recipe, parts)
+    if parts is None:  # the CLI plans before starting Ray (a missing input fails fast) and passes them on
+        parts = reader.plan(spec)
+    inputs = readers.fingerprint(spec, parts)  # read once: resume identity and job.json
+    identity = writers.job_identity(recipe, parts, inputs)
     if store.exists(WORK, "job_identity.json"):
         if store.read_bytes(WORK, "job_identity.json") != identity:
             raise RecipeError(f"-o {out}: this folder holds a job with another recipe or input; "
@@ -523,17 +524,17 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
                     _merge_stats(stats[key], stat)
         for last in [o for o in step.ops if o.kind == "score"]:  # a global stage ends its step
             t = time.perf_counter()
-            n = decide_global(recipe, last.stage_index, store, step.name, parts)
+            n = decide_global(recipe, last.stage_index, store, step.name)
             stats[last.key]["decide_seconds"] = round(time.perf_counter() - t, 4)
             log(f"[vlcurate] {last.key}: global decision over {n} row(s)")
         prev = step.name
     assert prev is not None
-    writers.write_outputs(recipe, store, parts, prev, stats, log=log)
+    writers.write_outputs(recipe, store, parts, inputs, prev, stats, log=log)
     stats_doc = writers.write_stats(store, recipe, stats, parts, skipped, time.perf_counter() - t_start)
     return JobResult(out, stats_doc, skipped)
 
 
-def decide_global(recipe: Recipe, index: int, store: Store, step: str, parts: list[readers.Partition]) -> int:
+def decide_global(recipe: Recipe, index: int, store: Store, step: str) -> int:
     """One decision over the id + score columns of every partition (never image bytes)."""
     spec = recipe.stages[index]
     stage = spec.build()

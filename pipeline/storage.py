@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+WORK = "_work"  # the folder of a job's per-partition results and completion markers (resume)
+
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")

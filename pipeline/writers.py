@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.readers import Partition, fingerprint
+from pipeline.readers import Partition
 from pipeline.recipe import Recipe
 from pipeline.schema import (
     HEAVY_COLUMNS,
@@ -29,10 +29,9 @@ from pipeline.schema import (
     score_columns,
     table_to_rows,
 )
-from pipeline.storage import Store
+from pipeline.storage import WORK, Store
 from pipeline.tar import tar_bytes, write_tar
 
-WORK = "_work"
 PACKAGES = ("vlcurate", "ray", "pyarrow", "pillow", "webdataset", "transformers", "torch", "open_clip_torch")
 
 
@@ -48,11 +47,11 @@ def image_extension(data: bytes) -> str:
     return "bin"
 
 
-def job_identity(recipe: Recipe, parts: list[Partition]) -> bytes:
+def job_identity(recipe: Recipe, parts: list[Partition], inputs: list[dict[str, Any]]) -> bytes:
     """What a resumable job is: the recipe (less what only changes speed), the partitions of its input and
-    the input files' content hashes, so an edited input is never resumed from the old one's results."""
+    the input files' content hashes (`inputs`), so an edited input is never resumed from the old results."""
     doc = {"recipe": recipe.identity(), "partitions": [[p.name, p.relpath, p.start, p.stop] for p in parts],
-           "input": fingerprint(recipe.input, parts)}
+           "input": inputs}
     return json.dumps(doc, sort_keys=True).encode()
 
 
@@ -222,7 +221,8 @@ def _final_tables(store: Store, step: str) -> pa.Table:
     return store.read_folder(WORK, step, exclude=(*HEAVY_COLUMNS, "messages", "annotations"))
 
 
-def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: str, stats: dict[str, Any],
+def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: list[dict[str, Any]], step: str,
+                  stats: dict[str, Any],
                   log: Any = print) -> None:
     from pipeline.runner import _ray_map
 
@@ -272,7 +272,7 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], step: st
         stats["pack"] = {**stats.get("pack", {}), "summary": write_packs(recipe, store, log=log)}
     store.write_parquet(manifest, "manifest.parquet")
     store.write_parquet(rejects, "rejects.parquet")
-    job = {"recipe": recipe.resolved(), "versions": versions(), "input": fingerprint(recipe.input, parts),
+    job = {"recipe": recipe.resolved(), "versions": versions(), "input": inputs,
            "input_path": input_location(recipe.input.path), "partitions": len(parts),
            "buckets": recipe.model.output.buckets, "final_step": step}
     store.write_bytes(json.dumps(job, indent=2, sort_keys=True).encode(), "job.json")

@@ -136,3 +136,21 @@ def qwen_vl_utils_video(path: Path, monkeypatch) -> tuple:
     finally:
         vp.get_video_reader_backend.cache_clear()
     return frames, meta, sample_fps
+
+
+def near_copies(data: bytes) -> dict[str, bytes]:
+    """The copies a web crawl holds of one photo (issue 3): 50% size, JPEG quality 40, 2% cropped (1% a side),
+    10% brighter, and a byte-for-byte copy."""
+    from PIL import ImageEnhance
+
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = im.size
+    dx, dy = round(w * 0.01), round(h * 0.01)
+    return {
+        "original": data,
+        "byte_copy": bytes(data),
+        "resized_50": encode(im.resize((w // 2, h // 2), Image.Resampling.LANCZOS), "JPEG", quality=90),
+        "jpeg_q40": encode(im, "JPEG", quality=40),
+        "crop_2pct": encode(im.crop((dx, dy, w - dx, h - dy)), "JPEG", quality=90),
+        "brighter_10pct": encode(ImageEnhance.Brightness(im).enhance(1.1), "JPEG", quality=90),
+    }

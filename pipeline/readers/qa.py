@@ -53,18 +53,6 @@ from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
 from pipeline.storage import resolve
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz")
-
-
-class JsonlRecords(JsonlReader):
-    """Line-partitioned jsonl (plain or gzip) with a per-record conversion `convert(rec, row, spec, fs, base)`."""
-
-    suffixes = JSONL_SUFFIXES
-
-    def convert(self, rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs: pafs.FileSystem,
-                base: str) -> dict[str, Any]:
-        raise NotImplementedError
-
 
 def _require(rec: dict[str, Any], row: dict[str, Any], *fields: str) -> dict[str, Any] | None:
     """None when every field is a non-empty string, else the row dropped with `missing_field`."""
@@ -102,7 +90,7 @@ def split_gsm8k(answer: str) -> tuple[str, str] | None:
     return (reasoning.strip(), final) if final else None
 
 
-class Gsm8kReader(JsonlRecords):
+class Gsm8kReader(JsonlReader):
     def convert(self, rec, row, spec, fs, base):
         if (bad := _require(rec, row, "question", "answer")) is not None:
             return bad
@@ -162,7 +150,7 @@ def _level(v: Any) -> Any:
     return v
 
 
-class MathReader(JsonlRecords):
+class MathReader(JsonlReader):
     record_key = "unique_id"
 
     def convert(self, rec, row, spec, fs, base):
@@ -189,7 +177,7 @@ class MathReader(JsonlRecords):
 # ---------------------------------------------------------------------------------------------- HumanEval
 
 
-class HumanEvalReader(JsonlRecords):
+class HumanEvalReader(JsonlReader):
     record_key = "task_id"
 
     def convert(self, rec, row, spec, fs, base):
@@ -206,7 +194,7 @@ class HumanEvalReader(JsonlRecords):
 # ---------------------------------------------------------------------------------------------- plain QA jsonl
 
 
-class QaJsonlReader(JsonlRecords):
+class QaJsonlReader(JsonlReader):
     """image (optional) + question + answer columns; web.py's record_to_row does the work."""
 
     def _spec(self, spec: InputSpec) -> InputSpec:

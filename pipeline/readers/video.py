@@ -42,7 +42,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipeline.readers.base import Partition, _files, _name, _rel, check_options, drop
-from pipeline.readers.qa import JsonlRecords, _scalars
+from pipeline.readers.qa import _scalars
+from pipeline.readers.web import JsonlReader
 from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
 from pipeline.storage import is_remote, resolve
@@ -153,7 +154,7 @@ def _limits(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _VideoJsonl(JsonlRecords):
+class _VideoJsonl(JsonlReader):
     suffixes = JSONL_EXTENSIONS
     options = OPTIONS
 

@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from filters.dedup import (
     Dedup,
@@ -21,7 +21,7 @@ from filters.dedup import (
     phash64,
     to_int64,
 )
-from tests.media import DEMO_IMAGES
+from tests.media import DEMO_IMAGES, near_copies
 
 PHOTOS = ["camera.png", "chelsea.png", "coins.png", "horse.png", "rocket.jpg"]
 DEFAULT_MAX_HAMMING = Dedup.Params().max_hamming
@@ -33,21 +33,6 @@ def encode(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
     return buf.getvalue()
 
 
-def variants(data: bytes) -> dict[str, bytes]:
-    """The copies a web crawl holds of one photo."""
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = im.size
-    dx, dy = round(w * 0.01), round(h * 0.01)
-    return {
-        "original": data,
-        "byte_copy": bytes(data),
-        "resized_50": encode(im.resize((w // 2, h // 2), Image.Resampling.LANCZOS), quality=90),
-        "jpeg_q40": encode(im, quality=40),
-        "crop_2pct": encode(im.crop((dx, dy, w - dx, h - dy)), quality=90),
-        "brighter_10pct": encode(ImageEnhance.Brightness(im).enhance(1.1), quality=90),
-    }
-
-
 def make_id(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 
@@ -55,7 +40,7 @@ def make_id(name: str) -> str:
 def make_rows() -> list[dict]:
     rows = []
     for photo in PHOTOS:
-        for kind, data in variants((DEMO_IMAGES / photo).read_bytes()).items():
+        for kind, data in near_copies((DEMO_IMAGES / photo).read_bytes()).items():
             w, h = Image.open(io.BytesIO(data)).size
             rows.append(
                 {

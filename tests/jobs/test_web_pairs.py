@@ -16,11 +16,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw
 
 from pipeline.recipe import load_recipe, parse_recipe
 from pipeline.runner import run_job
-from tests.media import DEMO_IMAGES, REPO
+from tests.media import DEMO_IMAGES, REPO, near_copies
 
 pytestmark = pytest.mark.slow
 
@@ -42,22 +42,6 @@ def jpeg(im: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-def variants(data: bytes) -> dict[str, bytes]:
-    """The copies a crawl holds of one photo (issue 3): 50% size, JPEG quality 40, 2% cropped (1% a side),
-    10% brighter, and a byte-for-byte copy."""
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = im.size
-    dx, dy = round(w * 0.01), round(h * 0.01)
-    return {
-        "original": data,
-        "byte_copy": bytes(data),
-        "resized_50": jpeg(im.resize((w // 2, h // 2), Image.Resampling.LANCZOS)),
-        "jpeg_q40": jpeg(im, quality=40),
-        "crop_2pct": jpeg(im.crop((dx, dy, w - dx, h - dy))),
-        "brighter_10pct": jpeg(ImageEnhance.Brightness(im).enhance(1.1)),
-    }
 
 
 def unrelated(seed: int, w: int = 320, h: int = 240) -> bytes:
@@ -82,7 +66,7 @@ def pairs(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     group_of: dict[str, str] = {}
     for name, data in photos().items():
         stem = Path(name).stem
-        for kind, blob in variants(data).items():
+        for kind, blob in near_copies(data).items():
             ext = Path(name).suffix if kind in ("original", "byte_copy") else ".jpg"
             file = f"{stem}.{kind}{ext}"
             (root / "img" / file).write_bytes(blob)
