@@ -9,7 +9,7 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from filters.base import Batch, Params, Stage
 
@@ -21,7 +21,9 @@ _FTFY_CONFIG: Any = None
 
 _TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9:-]*(?:\s[^<>]*)?/?>", re.DOTALL)
 _URL = re.compile(r"(?:https?://|ftp://|www\.)\S+", re.IGNORECASE)
-_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+# zero-width characters, soft hyphen, BOM, and the bidirectional controls (marks U+200E/U+200F/U+061C,
+# embeddings and overrides U+202A-U+202E, isolates U+2066-U+2069) that can reorder how a caption displays
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff\u00ad\u061c]")
 _WS = re.compile(r"\s+")
 _OPEN_SPACE = re.compile(r"([(\[{]) ")
 _SPACE_CLOSE = re.compile(r" ([)\]}])")
@@ -52,8 +54,8 @@ _BOILERPLATE_PREFIX = re.compile(
 
 
 def normalize_caption(text: str | None) -> str:
-    """Repair a web caption: mojibake (ftfy), HTML tags and entities, URLs, invisible characters, runs of
-    whitespace, and a CSV-quoted field (``"22"" Frozen Bubble Balloon"`` -> ``22" Frozen Bubble Balloon``).
+    """Repair a web caption: mojibake (ftfy), HTML tags and entities, URLs, invisible characters
+    (zero-width, soft hyphen, BOM, bidirectional controls), runs of whitespace, and a CSV-quoted field (``"22"" Frozen Bubble Balloon"`` -> ``22" Frozen Bubble Balloon``).
 
     ftfy runs with quote uncurling, width folding and ligature folding off, so correct text is left as it is.
     Entities are unescaped twice around tag removal, so escaped tags (``&lt;i&gt;``) go too.
@@ -177,12 +179,23 @@ class CaptionText(Stage):
     repeated word 3-grams, Gopher), ``char_rep_ratio`` (char 10-grams, BigScience ROOTS), ``special_char_ratio``,
     ``boilerplate`` (bool), ``language`` / ``language_score`` (py3langid, normalised probability).
 
+    Cheap length caps come first and stop the measuring: a caption longer than ``max_raw_chars`` as it came is
+    not even normalised, one over ``max_chars`` or ``max_words`` after normalising gets no repetition, symbol,
+    boilerplate or language measure (those columns stay null). So a multi-megabyte caption costs a length
+    check, not minutes of n-gram counting.
+
+    Several captions of one image (a ``captions`` list column, the first being ``text``, as ``dedup`` leaves
+    on the row it keeps): each is normalised and judged alone; those that fail leave the list (with their
+    reason in ``meta["dropped_captions"]``), ``text`` becomes the first that passes and the score columns
+    are its own. The row is dropped only when none passes, with the first caption's reason.
+
     Reasons, first that applies:
     - ``empty_caption``: nothing left after normalisation (or no caption at all);
+    - ``too_many_chars``: over ``max_raw_chars`` as it came, or ``caption_chars`` over ``max_chars``;
+    - ``too_many_words``: ``caption_words`` over ``max_words``;
     - ``boilerplate_caption``: a file name, camera name, slug or generic word instead of a description
       (``drop_boilerplate``);
-    - ``too_few_words`` / ``too_many_words``: ``caption_words`` outside [``min_words``, ``max_words``];
-    - ``too_few_chars`` / ``too_many_chars``: ``caption_chars`` outside [``min_chars``, ``max_chars``];
+    - ``too_few_words`` / ``too_few_chars``: under ``min_words`` / ``min_chars``;
     - ``word_repetition``: ``word_rep_ratio`` > ``max_word_rep_ratio`` (SEO keyword stuffing);
     - ``char_repetition``: ``char_rep_ratio`` > ``max_char_rep_ratio``;
     - ``special_characters``: ``special_char_ratio`` > ``max_special_char_ratio``;
@@ -204,6 +217,7 @@ class CaptionText(Stage):
         max_words: int = Field(default=256, ge=1)
         min_chars: int = Field(default=4, ge=0)
         max_chars: int = Field(default=2000, ge=1)
+        max_raw_chars: int = Field(default=100_000, ge=1)
         max_word_rep_ratio: float = Field(default=0.3, ge=0.0, le=1.0)
         max_char_rep_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
         max_special_char_ratio: float = Field(default=0.3, ge=0.0, le=1.0)
@@ -211,66 +225,104 @@ class CaptionText(Stage):
         languages: list[str] | None = None
         min_language_score: float = Field(default=0.7, ge=0.0, le=1.0)
 
+        @model_validator(mode="after")
+        def _raw_cap_above_cap(self) -> CaptionText.Params:
+            if self.max_raw_chars < self.max_chars:
+                raise ValueError(f"max_raw_chars ({self.max_raw_chars}) must be at least max_chars "
+                                 f"({self.max_chars})")
+            return self
+
     kind = "map"
     batch_size = 256
 
+    def measure(self, raw: str | None) -> tuple[str, dict[str, Any]]:
+        """The normalised caption and its score columns, measured cheapest first: a caption over a length
+        cap gets no further (costly) measure, those columns stay None (``decide`` never reads them)."""
+        p = self.params
+        cols: dict[str, Any] = dict.fromkeys(SCORE_COLUMNS)
+        if raw is not None and len(raw) > p.max_raw_chars:  # not worth normalising
+            cols["caption_chars"] = len(raw)
+            return raw, cols
+        text = normalize_caption(raw)
+        cols["caption_chars"] = len(text)
+        if not text or len(text) > p.max_chars:
+            return text, cols
+        words = caption_words(text)
+        cols["caption_words"] = len(words)
+        if len(words) > p.max_words:
+            return text, cols
+        lang, prob = identify_language(text)
+        cols.update(
+            word_rep_ratio=round(word_repetition_ratio(words), 4),
+            char_rep_ratio=round(char_repetition_ratio(text), 4),
+            special_char_ratio=round(special_char_ratio(text), 4),
+            boilerplate=is_boilerplate(text),
+            language=lang,
+            language_score=round(prob, 4),
+        )
+        return text, cols
+
+    def reason(self, cols: dict[str, Any]) -> str | None:
+        """The drop reason of one caption's score columns (None = keep); the order of ``measure``."""
+        p = self.params
+        words, chars = cols["caption_words"], cols["caption_chars"]
+        if chars == 0:
+            return "empty_caption"
+        if chars > p.max_chars:
+            return "too_many_chars"
+        if words > p.max_words:
+            return "too_many_words"
+        if p.drop_boilerplate and cols["boilerplate"]:
+            return "boilerplate_caption"
+        if words < p.min_words:
+            return "too_few_words"
+        if chars < p.min_chars:
+            return "too_few_chars"
+        if cols["word_rep_ratio"] > p.max_word_rep_ratio:
+            return "word_repetition"
+        if cols["char_rep_ratio"] > p.max_char_rep_ratio:
+            return "char_repetition"
+        if cols["special_char_ratio"] > p.max_special_char_ratio:
+            return "special_characters"
+        if (p.languages is not None and cols["language"] not in p.languages
+                and cols["language_score"] >= p.min_language_score):
+            return "language"
+        return None
+
     def score(self, batch: Batch) -> Batch:
+        n = len(batch["text"])
         texts, metas = [], []
         cols: dict[str, list[Any]] = {k: [] for k in SCORE_COLUMNS}
-        old_metas = batch.get("meta") or [None] * len(batch["text"])
-        for raw, meta in zip(batch["text"], old_metas, strict=True):
-            text = normalize_caption(raw)
+        old_metas = batch.get("meta") or [None] * n
+        old_captions = batch.get("captions") or [None] * n
+        new_captions: list[list[str] | None] = []
+        for raw, meta, captions in zip(batch["text"], old_metas, old_captions, strict=True):
             meta = dict(meta or {})
-            if raw is not None and text != raw:
-                meta["original_caption"] = raw
+            raws = captions or [raw]
+            judged = [(r, *self.measure(r)) for r in raws]
+            reasons = [self.reason(scores) for _, _, scores in judged]
+            passed = [j for j, why in zip(judged, reasons, strict=True) if why is None]
+            chosen_raw, text, scores = (passed or judged)[0]
+            if chosen_raw is not None and text != chosen_raw:
+                meta["original_caption"] = chosen_raw
+            if captions:
+                dropped = [{"caption": r, "reason": why} for (r, _, _), why in zip(judged, reasons, strict=True) if why]
+                if dropped:
+                    meta["dropped_captions"] = dropped
+                new_captions.append(list(dict.fromkeys(t for _, t, _ in passed)) or None)
+            else:
+                new_captions.append(None)
             texts.append(text)
             metas.append(meta)
-            words = caption_words(text)
-            lang, prob = identify_language(text)
-            cols["caption_words"].append(len(words))
-            cols["caption_chars"].append(len(text))
-            cols["word_rep_ratio"].append(round(word_repetition_ratio(words), 4))
-            cols["char_rep_ratio"].append(round(char_repetition_ratio(text), 4))
-            cols["special_char_ratio"].append(round(special_char_ratio(text), 4))
-            cols["boilerplate"].append(is_boilerplate(text))
-            cols["language"].append(lang)
-            cols["language_score"].append(round(prob, 4))
-        return {"text": texts, "meta": metas, **cols}
+            for k in SCORE_COLUMNS:
+                cols[k].append(scores[k])
+        out: Batch = {"text": texts, "meta": metas, **cols}
+        if "captions" in batch:
+            out["captions"] = new_captions
+        return out
 
     def decide(self, batch: Batch) -> list[str | None]:
-        p = self.params
-        allowed = set(p.languages) if p.languages is not None else None
-        reasons: list[str | None] = []
-        for i in range(len(batch["id"])):
-            words, chars = batch["caption_words"][i], batch["caption_chars"][i]
-            if chars == 0:
-                reason = "empty_caption"
-            elif p.drop_boilerplate and batch["boilerplate"][i]:
-                reason = "boilerplate_caption"
-            elif words < p.min_words:
-                reason = "too_few_words"
-            elif words > p.max_words:
-                reason = "too_many_words"
-            elif chars < p.min_chars:
-                reason = "too_few_chars"
-            elif chars > p.max_chars:
-                reason = "too_many_chars"
-            elif batch["word_rep_ratio"][i] > p.max_word_rep_ratio:
-                reason = "word_repetition"
-            elif batch["char_rep_ratio"][i] > p.max_char_rep_ratio:
-                reason = "char_repetition"
-            elif batch["special_char_ratio"][i] > p.max_special_char_ratio:
-                reason = "special_characters"
-            elif (
-                allowed is not None
-                and batch["language"][i] not in allowed
-                and batch["language_score"][i] >= p.min_language_score
-            ):
-                reason = "language"
-            else:
-                reason = None
-            reasons.append(reason)
-        return reasons
+        return [self.reason({k: batch[k][i] for k in SCORE_COLUMNS}) for i in range(len(batch["id"]))]
 
     def score_columns(self) -> list[str]:
         return list(SCORE_COLUMNS)

@@ -189,3 +189,68 @@ def test_helpers():
         is_boilerplate("DSC_0036") and is_boilerplate("photo 3") and is_boilerplate("Screenshot_2020-01-01")
     )
     assert not is_boilerplate("Scorching June 14 for Alabama.jpg") and not is_boilerplate("Yamaha MT-09 SP")
+
+
+COSTLY = ("word_rep_ratio", "char_rep_ratio", "special_char_ratio", "boilerplate", "language", "language_score")
+
+
+def test_length_caps_run_before_any_costly_measure(monkeypatch):
+    """A multi-megabyte caption is rejected on its length alone: it is not normalised, and no repetition,
+    symbol, boilerplate or language measure runs on it (issue 9: 50 MB took 65 s before too_many_words)."""
+    import filters.text as text_module
+
+    def costly(*_a, **_k):
+        raise AssertionError("a costly measure ran on a caption over a length cap")
+
+    for name in ("normalize_caption", "word_repetition_ratio", "char_repetition_ratio", "special_char_ratio",
+                 "is_boilerplate", "identify_language"):
+        monkeypatch.setattr(text_module, name, costly)
+    huge = "buy cheap shoes online " * 200_000  # 4.6 MB
+    cols, reasons = run([huge])
+    assert reasons == ["too_many_chars"] and cols["caption_chars"] == [len(huge)]
+    assert all(cols[k] == [None] for k in (*COSTLY, "caption_words"))
+    assert cols["text"] == [huge] and "original_caption" not in cols["meta"][0]
+
+
+def test_caps_after_normalising_skip_the_costly_measures():
+    long_text = "a fine red bicycle leaning on a wall, " * 100  # 3,800 characters
+    many_words = " ".join(f"w{i}" for i in range(300))  # 300 words, 1,389 characters
+    cols, reasons = run([long_text, many_words, "<b>a fine red bicycle</b>"])
+    assert reasons == ["too_many_chars", "too_many_words", None]
+    for k in COSTLY:
+        assert cols[k][:2] == [None, None] and cols[k][2] is not None, k
+    assert cols["caption_words"] == [None, 300, 4]
+
+
+def test_bidirectional_controls_are_stripped():
+    spoofed = "\u202egnp.exe\u202c holiday \u2066photo\u2069 of \u202aa\u202b \u202cbeach\u202d at \u200fdusk\u200e"
+    assert normalize_caption(spoofed) == "gnp.exe holiday photo of a beach at dusk"
+    for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c":
+        assert normalize_caption(f"a red{c} bicycle") == "a red bicycle", hex(ord(c))
+    assert normalize_caption("עברית and English") == "עברית and English"  # right-to-left text itself stays
+
+
+def test_each_caption_of_a_row_is_judged():
+    stage = CaptionText()
+    batch = {
+        "id": ["0" * 16, "1" * 16, "2" * 16],
+        "text": ["IMG_1234.jpg", "Untitled", "a red bicycle on a wall"],
+        "captions": [
+            ["IMG_1234.jpg", "a dog <i>running</i> on the beach", "a dog running on the beach", "dog"],
+            ["Untitled", "apple-watch"],
+            None,
+        ],
+        "meta": [{}, {}, {}],
+    }
+    cols = stage.score(batch)
+    reasons = stage.decide({**batch, **cols})
+    assert reasons == [None, "boilerplate_caption", None]
+    # the bad captions leave the list; the first good one is the text, its scores the row's
+    assert cols["text"][0] == "a dog running on the beach" and cols["captions"][0] == ["a dog running on the beach"]
+    assert cols["caption_words"][0] == 6
+    assert cols["meta"][0]["dropped_captions"] == [
+        {"caption": "IMG_1234.jpg", "reason": "boilerplate_caption"}, {"caption": "dog", "reason": "too_few_words"}]
+    assert cols["meta"][0]["original_caption"] == "a dog <i>running</i> on the beach"
+    # none passes: the row goes, with its first caption's reason
+    assert [d["reason"] for d in cols["meta"][1]["dropped_captions"]] == ["boilerplate_caption", "too_few_words"]
+    assert cols["captions"][2] is None and cols["text"][2] == "a red bicycle on a wall"
