@@ -154,20 +154,35 @@ def connected_components(n: int, pairs: np.ndarray | list[tuple[int, int]]) -> n
 
 
 class Dedup(Stage):
-    """Drop exact and near-duplicate images across the whole dataset, keeping one row per group.
+    """Drop exact and near-duplicate records across the whole dataset, keeping one row per group.
 
-    Score, per row, of its first image: ``sha256`` (hex digest of the bytes as stored) and ``phash`` (the
-    64-bit pHash of ``phash64`` as a signed int64; null for a row without images, which is never a
-    duplicate). Decision over the whole table (id, width, height, sha256, phash): rows are linked when
-    their SHA-256 is equal (``exact``) or their pHashes differ in at most ``max_hamming`` bits; a group is a
-    connected component of these links. The row kept per group has the largest ``width * height`` (after
-    EXIF rotation), then the smallest ``id``; every other row gets ``duplicate_of`` = the kept id and reason
-    ``exact_duplicate`` (same bytes as the kept row) or ``near_duplicate``. Rows whose pHash bucket held more
-    than ``max_bucket`` rows in at least half of the LSH bands get ``mass_duplicate`` and no group: blank or
-    flat images (pHash 0) and images replicated thousands of times ("photo no longer available"
-    placeholders), which would otherwise chain into one giant group and cost a quadratic search. A bucket is
-    oversized above ``max_bucket`` rows, or above four times the average bucket (rows / 2**band_bits) when
-    the dataset is so large that this is more, so ordinary buckets of a large dataset are still searched.
+    A record is compared through its whole image list. Score, per row: ``sha256``, the hex SHA-256 of the
+    image's bytes as stored (for a record of several images, the SHA-256 of their digests in order), and
+    ``phash``, the 64-bit pHash of ``phash64`` of the first image as a signed int64; a record of several
+    images also gets ``phashes``, every image's pHash in order (the column is left out while no row has
+    more than one image). A row without images has nulls and is never a duplicate.
+
+    Decision over the whole table (id, width, height, text, captions and the columns above): rows are linked
+    when their SHA-256 is equal (``exact``: the same image bytes in the same order) or when they have the
+    same number of images and each image is within ``max_hamming`` bits of the image at the same position in
+    the other record (so ``[A, B]`` and ``[A, C]`` are not duplicates, ``[A, B]`` and ``[A', B']`` are, and
+    ``[B, A]`` is not a duplicate of ``[A, B]``: order carries meaning in a multi-image record). A group is a
+    connected component of these links. The row kept per group has the largest ``width * height`` (of its
+    first image, after EXIF rotation), then the smallest ``id``; every other row gets ``duplicate_of`` = the
+    kept id and reason ``exact_duplicate`` (same bytes as the kept row) or ``near_duplicate``.
+
+    Captions of exact copies are not lost: the kept row gets ``captions``, the distinct captions of every
+    row with its bytes (its own first, then the others' by id; a row's ``captions`` list, else its
+    ``text``); ``text`` stays its own. ``caption_text`` judges each and ``clip_score`` picks the best. The
+    column appears only when some row has a ``captions`` list or an exact copy with another caption.
+
+    Rows whose pHash bucket held more than ``max_bucket`` rows in at least half of the LSH bands (for a
+    multi-image record: at every image position) get ``mass_duplicate`` and no group: blank or flat images
+    (pHash 0) and images replicated thousands of times ("photo no longer available" placeholders), which
+    would otherwise chain into one giant group and cost a quadratic search. A bucket is oversized above
+    ``max_bucket`` rows, or above four times the average bucket (rows / 2**band_bits) when the dataset is so
+    large that this is more, so ordinary buckets of a large dataset are still searched. Records of several
+    images are searched per image count and position (candidates from any position, verified on all).
 
     ``max_hamming`` default 8 (9 bands of 7 bits), measured on 15 dev photos: copies resized to 50% or 25%,
     re-encoded at JPEG quality 40 or 20, brightened or darkened 5-20% are within 4 bits of the original, crops
@@ -188,32 +203,52 @@ class Dedup(Stage):
     batch_size = 64
 
     def score(self, batch: Batch) -> Batch:
-        sha, ph = [], []
+        sha: list[str | None] = []
+        hashes: list[list[int] | None] = []
         for images in batch["images"]:
             if not images:
                 sha.append(None)
-                ph.append(None)
+                hashes.append(None)
                 continue
-            first = bytes(images[0])
-            sha.append(hashlib.sha256(first).hexdigest())
-            ph.append(to_int64(phash64(first)))
-        return {"sha256": sha, "phash": ph}
+            digests = [hashlib.sha256(bytes(im)).digest() for im in images]
+            sha.append(digests[0].hex() if len(digests) == 1 else hashlib.sha256(b"".join(digests)).hexdigest())
+            hashes.append([to_int64(phash64(bytes(im))) for im in images])
+        out: Batch = {"sha256": sha, "phash": [h[0] if h else None for h in hashes]}
+        if any(h and len(h) > 1 for h in hashes):
+            out["phashes"] = [h if h and len(h) > 1 else None for h in hashes]
+        return out
 
     def score_columns(self) -> list[str]:
-        return ["sha256", "phash"]
+        return ["sha256", "phash", "phashes"]
 
     def decide_global(self, table: Batch) -> Batch:
         p = self.params
         ids = [str(i) for i in table["id"]]
         n = len(ids)
-        rows = np.array([i for i, h in enumerate(table["phash"]) if h is not None], dtype=np.int64)
-        hashes = np.array([table["phash"][i] for i in rows], dtype=np.int64)
         n_bands, band_bits = lsh_bands(p.max_hamming)
-        cap = max(p.max_bucket, 4 * len(rows) >> band_bits)
-        pairs, oversized = candidate_pairs(hashes, p.max_hamming, cap)
+        multi = table.get("phashes") or [None] * n
+        by_count: dict[int, list[int]] = {}
+        hash_lists: list[list[int]] = []
+        for i, (h, hs) in enumerate(zip(table["phash"], multi, strict=True)):
+            hash_lists.append(hs or ([h] if h is not None else []))
+            if hash_lists[i]:
+                by_count.setdefault(len(hash_lists[i]), []).append(i)
         mass = np.zeros(n, dtype=bool)
-        mass[rows] = 2 * oversized >= n_bands
-        edges = [rows[pairs]]
+        edges = [np.empty((0, 2), dtype=np.int64)]
+        for count, members in sorted(by_count.items()):
+            rows = np.array(members, dtype=np.int64)
+            hashes = np.array([hash_lists[i] for i in members], dtype=np.int64)
+            cap = max(p.max_bucket, 4 * len(rows) >> band_bits)
+            found, everywhere_mass = [], np.ones(len(rows), dtype=bool)
+            for k in range(count):
+                pairs, oversized = candidate_pairs(hashes[:, k], p.max_hamming, cap)
+                found.append(pairs)
+                everywhere_mass &= 2 * oversized >= n_bands
+            pairs = np.unique(np.concatenate(found), axis=0)
+            bits = hashes.view(np.uint64)  # bitwise_count of a signed int counts its absolute value
+            close = (np.bitwise_count(bits[pairs[:, 0]] ^ bits[pairs[:, 1]]) <= p.max_hamming).all(axis=1)
+            mass[rows] = everywhere_mass
+            edges.append(rows[pairs[close]])
         sha = table["sha256"]
         if p.exact:
             first_of: dict[str, int] = {}
@@ -239,4 +274,31 @@ class Dedup(Stage):
                 duplicate_of[i] = ids[keep]
                 same_bytes = p.exact and sha[i] is not None and sha[i] == sha[keep]
                 reasons[i] = "exact_duplicate" if same_bytes else "near_duplicate"
-        return {"drop_reason": reasons, "duplicate_of": duplicate_of}
+        out: Batch = {"drop_reason": reasons, "duplicate_of": duplicate_of}
+        captions = self._merged_captions(table, ids, labels, keep_of, mass)
+        if captions is not None:
+            out["captions"] = captions
+        return out
+
+    @staticmethod
+    def _merged_captions(table: Batch, ids: list[str], labels: np.ndarray, keep_of: dict[int, int],
+                         mass: np.ndarray) -> list[list[str] | None] | None:
+        """Per row: for a kept row, the distinct captions of the rows with its bytes (its own first, then by
+        id); for the others their own ``captions``. None when no row has or gains more than one caption."""
+        n = len(ids)
+        texts = table.get("text") or [None] * n
+        own = list(table.get("captions") or [None] * n)
+        sha = table["sha256"]
+        captions_of = [list(c) if c else [t] if t else [] for c, t in zip(own, texts, strict=True)]
+        merged = own[:]
+        copies: dict[int, list[int]] = {}
+        for i in range(n):
+            keep = keep_of[int(labels[i])]
+            if not mass[i] and keep != i and sha[i] is not None and sha[i] == sha[keep]:
+                copies.setdefault(keep, []).append(i)
+        for keep, others in copies.items():
+            found = list(dict.fromkeys(c for j in [keep, *sorted(others, key=ids.__getitem__)]
+                                       for c in captions_of[j]))
+            if len(found) > 1 or own[keep]:
+                merged[keep] = found
+        return merged if any(c is not None for c in merged) else None

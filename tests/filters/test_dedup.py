@@ -225,3 +225,89 @@ def test_params_reject_bad_values():
         Dedup.Params(max_hamming=40)
     with pytest.raises(ValueError, match="max_bucket"):
         Dedup.Params(max_bucket=1)
+
+
+def photo(name: str) -> bytes:
+    return (DEMO_IMAGES / name).read_bytes()
+
+
+def score_and_decide(records: list[tuple[str, list[bytes]]], **extra_columns) -> dict[str, tuple]:
+    """Score records (id, images) with the stage, then take the global decision over the scored table."""
+    stage = Dedup()
+    ids = [i for i, _ in records]
+    images = [imgs for _, imgs in records]
+    sizes = [Image.open(io.BytesIO(imgs[0])).size for imgs in images]
+    cols = stage.score({"id": ids, "images": images})
+    table = {"id": ids, "width": [w for w, _ in sizes], "height": [h for _, h in sizes], **cols, **extra_columns}
+    out = stage.decide_global(table)
+    return {i: (out["drop_reason"][k], out["duplicate_of"][k]) for k, i in enumerate(ids)}, out
+
+
+def test_records_are_compared_through_their_whole_image_list():
+    """[A, B] and [A, C] share a first image but are different records (they were exact_duplicate)."""
+    a, b, c = photo("chelsea.png"), photo("coins.png"), photo("rocket.jpg")
+    a2, b2 = near_copies(a)["resized_50"], near_copies(b)["jpeg_q40"]
+    records = [
+        ("0" * 16, [a, b]),
+        ("1" * 16, [a, c]),      # same first image, another second: distinct
+        ("2" * 16, [a2, b2]),    # every image a near copy, in order: near duplicate
+        ("3" * 16, [a, b]),      # the same bytes in the same order: exact duplicate
+        ("4" * 16, [b, a]),      # the same images in another order: distinct
+        ("5" * 16, [a]),         # a prefix: distinct (another number of images)
+        ("6" * 16, [a, b, c]),   # a longer list: distinct
+        ("7" * 16, [a2, c]),     # near copy of [a, c]
+    ]
+    result, out = score_and_decide(records)
+    assert result == {
+        "0" * 16: (None, None),
+        "1" * 16: (None, None),
+        "2" * 16: ("near_duplicate", "0" * 16),
+        "3" * 16: ("exact_duplicate", "0" * 16),
+        "4" * 16: (None, None),
+        "5" * 16: (None, None),
+        "6" * 16: (None, None),
+        "7" * 16: ("near_duplicate", "1" * 16),
+    }
+    assert "captions" not in out  # nothing to merge: the column is not added
+    cols = Dedup().score({"id": ["x", "y"], "images": [[a, b], [a]]})
+    assert cols["phashes"][0] == [to_int64(phash64(a)), to_int64(phash64(b))] and cols["phashes"][1] is None
+    assert cols["phash"][0] == cols["phash"][1] and cols["sha256"][0] != cols["sha256"][1]
+    assert cols["sha256"][1] == hashlib.sha256(a).hexdigest()
+
+
+def test_a_placeholder_first_image_does_not_make_multi_image_records_mass_duplicates():
+    flat = encode(Image.new("RGB", (320, 240), (200, 200, 200)), "PNG")
+    records = []
+    for k, name in enumerate(PHOTOS):
+        records.append((f"{k:015x}a", [flat, photo(name)]))
+        records.append((f"{k:015x}b", [flat, near_copies(photo(name))["brighter_10pct"]]))
+    stage = Dedup(Dedup.Params(max_bucket=3))  # the flat first images fill one bucket of 10 in every band
+    cols = stage.score({"id": [i for i, _ in records], "images": [imgs for _, imgs in records]})
+    out = stage.decide_global({"id": [i for i, _ in records], "width": [320] * 10, "height": [240] * 10, **cols})
+    reasons = dict(zip([i for i, _ in records], out["drop_reason"], strict=True))
+    assert [reasons[f"{k:015x}a"] for k in range(5)] == [None] * 5
+    assert [reasons[f"{k:015x}b"] for k in range(5)] == ["near_duplicate"] * 5
+
+
+def test_kept_row_carries_the_distinct_captions_of_its_exact_copies():
+    rocket, horse = photo("rocket.jpg"), photo("horse.png")
+    records = [
+        ("0" * 16, [rocket]),
+        ("1" * 16, [rocket]),
+        ("2" * 16, [rocket]),
+        ("3" * 16, [near_copies(rocket)["jpeg_q40"]]),  # a near copy: its caption may describe other pixels
+        ("4" * 16, [horse]),
+        ("5" * 16, [horse]),
+    ]
+    texts = ["a cat on a sofa", "a rocket on its launchpad", "a cat on a sofa", "a rocket at dusk",
+             "a horse", "a horse"]
+    captions = [None, ["a rocket on its launchpad", "a white rocket"], None, None, None, None]
+    result, out = score_and_decide(records, text=texts, captions=captions)
+    assert result["0" * 16] == (None, None) and result["4" * 16] == (None, None)
+    assert result["1" * 16][0] == result["2" * 16][0] == "exact_duplicate"
+    assert result["3" * 16][0] == "near_duplicate"
+    # own caption first, then the copies' by id, each once; the near copy's caption is not taken
+    assert out["captions"][0] == ["a cat on a sofa", "a rocket on its launchpad", "a white rocket"]
+    assert out["captions"][1] == ["a rocket on its launchpad", "a white rocket"]  # dropped rows keep their own
+    assert out["captions"][4] is None  # one distinct caption: nothing to add
+    assert set(out) == {"drop_reason", "duplicate_of", "captions"}
