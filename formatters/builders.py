@@ -114,7 +114,13 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str:
+    """A one-line text (caption, short answer, label) with its surrounding whitespace removed."""
     return value.strip() if isinstance(value, str) else ""
+
+
+def _content(value: Any) -> str:
+    """A text kept exactly as it is (code, markdown: leading whitespace matters); "" when blank or not a string."""
+    return value if isinstance(value, str) and value.strip() else ""
 
 
 def _user(text: str, n_images: int = 0, n_videos: int = 0) -> dict[str, Any]:
@@ -674,14 +680,78 @@ def build_vqa(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
                     _dict(row.get("annotations")) or None)]
 
 
+ANSWER_STYLES = ("final", "solution")
+_BOX_START = re.compile(r"\\(boxed|fbox)(?![A-Za-z])")
+
+
+def _brace_group(s: str, i: int) -> int | None:
+    """s[i] == '{': the index just past its matching '}', or None when unbalanced (escaped braces skipped)."""
+    depth = 0
+    j = i
+    while j < len(s):
+        c = s[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    return None
+
+
+def last_boxed(solution: str) -> str | None:
+    """Content of the last \\boxed{...} / \\fbox{...} (braces balanced) or `\\boxed N`; None if none or unbalanced."""
+    starts = list(_BOX_START.finditer(solution))
+    if not starts:
+        return None
+    m = starts[-1]
+    i = m.end()
+    while i < len(solution) and solution[i] == " ":
+        i += 1
+    if i < len(solution) and solution[i] == "{":
+        end = _brace_group(solution, i)
+        return solution[i + 1:end - 1] if end is not None else None
+    if i > m.end():  # "\boxed 5": up to the next $ or whitespace
+        tail = re.match(r"[^\s$]+", solution[i:])
+        return tail.group(0) if tail else None
+    return None
+
+
+def solution_target(solution: str, answer: str) -> str:
+    """The worked solution as a target whose last ``\\boxed{}`` is the final answer: the solution as it is
+    when its last ``\\boxed{}`` holds the answer (MATH), else with ``\\boxed{answer}`` appended as its last
+    line (GSM8K, or a MATH solution without a box). Rejects ``no_solution``, ``unbalanced_boxed`` and
+    ``solution_answer_mismatch`` (its box holds another answer than the row's, e.g. MATH-500's ``answer``)."""
+    if not solution:
+        raise Reject("no_solution")
+    boxed = last_boxed(solution)
+    if boxed is None:
+        if _BOX_START.search(solution):
+            raise Reject("unbalanced_boxed")
+        return f"{solution.rstrip()}\n\\boxed{{{answer.strip()}}}"
+    if re.sub(r"\s+", "", boxed) != re.sub(r"\s+", "", answer):
+        raise Reject("solution_answer_mismatch")
+    return solution
+
+
 def build_qa(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
-    """Question -> answer (GSM8K, MATH, plain QA jsonl); text-only, or with the row's images if any."""
+    """Question -> answer (GSM8K, MATH, HumanEval, plain QA jsonl); text-only, or with the row's images if any.
+
+    Texts are kept exactly as they are (a HumanEval prompt + its answer is the program). ``answer_style``
+    ``final`` (default) trains on the row's answer; ``solution`` on ``meta.solution`` ending in the final
+    answer as ``\\boxed{}`` (``solution_target``)."""
     opts = options_for("qa", cfg.options)
-    question, answer = _text(row.get("text")), _text(row.get("answer"))
+    question, answer = _content(row.get("text")), _content(row.get("answer"))
     if not question:
         return "no_question"
     if not answer:
         return "no_answer"
+    if opts["answer_style"] == "solution":
+        answer = solution_target(_content(_dict(row.get("meta")).get("solution")), answer)
     stored, sizes, originals = _images_or_reject(row, cfg, need=False)
     messages = [_user(question + opts["prompt_suffix"], n_images=len(stored)), _assistant(answer)]
     return [_sample(row, "qa", "qa", cfg, messages, stored, sizes, originals, _dict(row.get("annotations")) or None)]
@@ -731,6 +801,7 @@ class Builder:
     options: Mapping[str, Any]
     tasks: tuple[str, ...] = ()
     summary: str = ""
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __call__(self, row: Mapping[str, Any], cfg: BuildConfig) -> Result:
         try:
@@ -751,7 +822,9 @@ BUILDERS: dict[str, Builder] = {
                                "line_tolerance": 0.5}, OCR_TASKS,
                    summary="ICDAR: full text in reading order, text -> quad, quad -> text, spotting"),
     "vqa": Builder(build_vqa, {"prompt_suffix": VQA_SUFFIX}, summary="images + question -> short answer"),
-    "qa": Builder(build_qa, {"prompt_suffix": ""}, summary="question -> answer (text-only or with images)"),
+    "qa": Builder(build_qa, {"prompt_suffix": "", "answer_style": "final"},
+                  summary="question -> answer or worked solution (text-only or with images)",
+                  choices={"answer_style": ANSWER_STYLES}),
     "video": Builder(build_video, {"prompts": ["Describe this video."], "prompt_suffix": ""},
                      summary="video caption / QA on the planned frames"),
 }
@@ -764,6 +837,10 @@ def _check_value(name: str, key: str, value: Any, default: Any, builder: Builder
         if not isinstance(value, list) or not value or any(v not in builder.tasks for v in value):
             raise ValueError(f"{key}: expected a non-empty list of {', '.join(builder.tasks)} (got {value!r})")
         return list(dict.fromkeys(value))
+    if key in builder.choices:
+        if value not in builder.choices[key]:
+            raise ValueError(f"{key}: expected one of {', '.join(builder.choices[key])} (got {value!r})")
+        return value
     if key in ("max_per_task", "phrases_per_object"):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key}: expected a positive integer or null (got {value!r})")

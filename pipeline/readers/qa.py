@@ -6,11 +6,13 @@ jsonl formats (``.jsonl``, ``.json`` or ``.jsonl.gz``; a file or a folder of the
 else the 1-based line number. Text-only rows have ``images == []``.
 
 - ``gsm8k``: text = question; answer = the number after the last ``####``, normalised (whitespace, thousands
-  commas and ``$`` removed, ``12.0`` -> ``12``); meta.solution = the reasoning before ``####``.
+  commas and ``$`` removed, ``12.0`` -> ``12``); meta.solution = the reasoning before ``####`` with its
+  calculator annotations ``<<48/2=24>>`` removed (the ``qa`` builder's ``answer_style: solution`` trains on it).
 - ``math``: text = problem; answer = MATH-500's ``answer`` field when present, else the content of the last
   ``\\boxed{...}`` (or ``\\fbox{...}``, ``\\boxed 5``) of the solution, braces balanced; meta.solution,
   meta.subject (``subject``, or MATH's ``type``), meta.level (int; MATH's "Level 5" -> 5), meta.unique_id.
-- ``humaneval``: text = prompt; answer = canonical_solution (None when absent);
+- ``humaneval``: text = prompt; answer = canonical_solution (None when absent), both exactly as in the file
+  (prompt + answer is the program: never stripped);
   annotations = {"test", "entry_point", "task_id"}.
 - ``qa_jsonl``: web.py's record logic with image/question/answer as the default image/text/answer columns
   (an ``input.image_column`` / ``text_column`` / ``answer_column`` set in the recipe wins); the image is optional.
@@ -40,6 +42,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from formatters.builders import last_boxed
 from pipeline.readers.base import (
     Partition,
     check_options,
@@ -68,6 +71,7 @@ def _scalars(rec: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- GSM8K
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
+_CALCULATOR = re.compile(r"<<[^<>\n]*>>")  # GSM8K's calculator annotations: "48/2 = <<48/2=24>>24"
 
 
 def normalize_number(s: str) -> str:
@@ -82,12 +86,13 @@ def normalize_number(s: str) -> str:
 
 
 def split_gsm8k(answer: str) -> tuple[str, str] | None:
-    """(reasoning, final answer normalised) from a GSM8K answer ending `#### N`, or None without `####`."""
+    """(reasoning, final answer normalised) from a GSM8K answer ending `#### N`, or None without `####`; the
+    reasoning without its calculator annotations (`= <<48/2=24>>24` -> `= 24`)."""
     if "####" not in answer:
         return None
     reasoning, _, final = answer.rpartition("####")
     final = normalize_number(final)
-    return (reasoning.strip(), final) if final else None
+    return (_CALCULATOR.sub("", reasoning).strip(), final) if final else None
 
 
 class Gsm8kReader(JsonlReader):
@@ -104,43 +109,6 @@ class Gsm8kReader(JsonlReader):
 
 
 # ---------------------------------------------------------------------------------------------- MATH
-
-
-def _brace_group(s: str, i: int) -> int | None:
-    """s[i] == '{': the index just past its matching '}', or None when unbalanced (escaped braces skipped)."""
-    depth = 0
-    j = i
-    while j < len(s):
-        c = s[j]
-        if c == "\\":
-            j += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return j + 1
-        j += 1
-    return None
-
-
-def last_boxed(solution: str) -> str | None:
-    """Content of the last \\boxed{...} / \\fbox{...} (braces balanced) or `\\boxed N`; None if none or unbalanced."""
-    starts = [m for m in re.finditer(r"\\(boxed|fbox)(?![A-Za-z])", solution)]
-    if not starts:
-        return None
-    m = starts[-1]
-    i = m.end()
-    while i < len(solution) and solution[i] == " ":
-        i += 1
-    if i < len(solution) and solution[i] == "{":
-        end = _brace_group(solution, i)
-        return solution[i + 1:end - 1] if end is not None else None
-    if i > m.end():  # "\boxed 5": up to the next $ or whitespace
-        tail = re.match(r"[^\s$]+", solution[i:])
-        return tail.group(0) if tail else None
-    return None
 
 
 def _level(v: Any) -> Any:

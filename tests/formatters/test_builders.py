@@ -348,6 +348,36 @@ def test_vqa_and_qa() -> None:
     assert build("qa", {"id": "g", "text": "prompt", "answer": None}, BuildConfig()) == "no_answer"
 
 
+def test_qa_keeps_code_and_markdown_exactly() -> None:
+    prompt, body = 'def f(x):\n    """Double x."""\n', "    y = 2 * x\n    return y\n"
+    s = build("qa", {"id": "c", "text": prompt, "answer": body}, BuildConfig())[0]
+    assert texts(s) == [prompt, body]
+    namespace: dict = {}
+    exec(compile("".join(texts(s)), "f", "exec"), namespace)
+    assert namespace["f"](21) == 42
+    md = "    indented code block\n\n- item\n  - nested\n"
+    assert texts(build("qa", {"id": "m", "text": "  Explain:\n", "answer": md}, BuildConfig())[0]) == ["  Explain:\n", md]
+    assert build("qa", {"id": "b", "text": " \n\t", "answer": "x"}, BuildConfig()) == "no_question"
+
+
+def test_qa_answer_style_solution() -> None:
+    cfg = BuildConfig(options={"answer_style": "solution"})
+
+    def target(solution, answer: str = "5") -> str | list:
+        out = build("qa", {"id": "s", "text": "2+3?", "answer": answer, "meta": {"solution": solution}}, cfg)
+        return out if isinstance(out, str) else texts(out[0])[1]
+
+    assert target("2 + 3 = 5.\n") == "2 + 3 = 5.\n\\boxed{5}"  # no box: the answer boxed on a last line
+    assert target("So it is $\\boxed{5}$.") == "So it is $\\boxed{5}$."  # its box holds the answer: as is
+    assert target("$\\boxed{\\frac{1}{2}}$", "\\frac{1} {2}") == "$\\boxed{\\frac{1}{2}}$"  # spaces aside
+    assert target("first \\boxed{5}, then \\boxed{6}") == "solution_answer_mismatch"
+    assert target("\\boxed{5") == "unbalanced_boxed"
+    assert target(None) == target("  ") == "no_solution"
+    assert options_for("qa", None)["answer_style"] == "final"
+    with pytest.raises(ValueError, match=r"^answer_style: expected one of final, solution \(got 'cot'\)$"):
+        options_for("qa", {"answer_style": "cot"})
+
+
 def test_video_builder() -> None:
     frames = [png(644, 364, i) for i in range(4)]
     plan = {"path": "a.mp4", "grid_thw": [2, 26, 46], "resized_width": 644, "resized_height": 364,

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import pickle
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from formatters.builders import BuildConfig, build, message_text
 from pipeline.readers import READERS, iter_rows
 from pipeline.readers.grounding import _load_refs
 from pipeline.readers.qa import last_boxed, most_common, normalize_number
@@ -290,8 +295,12 @@ def test_gsm8k_final_answer():
     for r, s in zip(rs, src, strict=True):
         assert r["answer"] == s["answer"].split("####")[-1].strip().replace(",", "")
         assert r["text"] == s["question"] and r["images"] == []
-        assert r["meta"]["solution"] == s["answer"].split("####")[0].strip()
+        # the rationale without its calculator annotations
+        assert r["meta"]["solution"] == re.sub(r"<<[^>]*>>", "", s["answer"].split("####")[0]).strip()
+        assert "<<" in s["answer"] and "<<" not in r["meta"]["solution"]
     assert rs[0]["answer"] == "18" and rs[1]["answer"] == "3"
+    assert rs[0]["meta"]["solution"] == ("Janet sells 16 - 3 - 4 = 9 duck eggs a day.\n"
+                                         "She makes 9 * 2 = $18 every day at the farmer’s market.")
     assert rs[0]["id"] == make_id("gsm8k_test_first10.jsonl", 1)
 
 
@@ -342,7 +351,76 @@ def test_math_boxed_extraction(tmp_path):
     assert rs[1]["meta"]["level"] == 5 and rs[1]["meta"]["subject"] == "Intermediate Algebra"
 
 
+def qa_targets(rs: list[dict], **options) -> list[str]:
+    """The assistant text of the qa builder's one sample per row."""
+    out = []
+    for r in rs:
+        samples = build("qa", r, BuildConfig(options=options))
+        assert not isinstance(samples, str), samples
+        out.append(message_text(samples[0]["messages"][1]))
+    return out
+
+
+def test_gsm8k_solution_targets_end_in_the_boxed_answer():
+    rs = rows(QA / "gsm8k_test_first10.jsonl", "gsm8k")
+    assert qa_targets(rs)[:2] == ["18", "3"]  # default answer_style: final, as before
+    targets = qa_targets(rs, answer_style="solution")
+    assert targets[0] == ("Janet sells 16 - 3 - 4 = 9 duck eggs a day.\n"
+                          "She makes 9 * 2 = $18 every day at the farmer’s market.\n\\boxed{18}")
+    for r, t in zip(rs, targets, strict=True):
+        *body, last = t.split("\n")
+        assert last == f"\\boxed{{{r['answer']}}}" and last_boxed(t) == r["answer"]
+        assert "\n".join(body) == r["meta"]["solution"] and "<<" not in t and len(body) >= 2
+
+
+def test_math_solution_targets_are_the_solutions_with_the_answer_checked(tmp_path):
+    src = [json.loads(line) for line in (QA / "math500_first10.jsonl").read_text().splitlines()]
+    rs = rows(QA / "math500_first10.jsonl", "math")
+    assert qa_targets(rs) == [s["answer"] for s in src]
+    targets = qa_targets(rs, answer_style="solution")
+    assert targets == [s["solution"] for s in src]  # as is: each one's last \boxed{} is its answer field
+    assert [last_boxed(t) for t in targets] == [s["answer"] for s in src]
+    # Hendrycks MATH (no answer field) likewise; a MATH-500 answer field that disagrees with the solution's box
+    # is a reject, and a solution without a box gets the answer field boxed as its last line
+    lines = [{"problem": src[0]["problem"], "solution": src[0]["solution"], "level": "Level 2", "type": "Algebra"},
+             {**src[1], "answer": "q - p"},
+             {**src[2], "solution": "Add them up: 2 + 5/3 + 1 = 14/3."}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rs = rows(tmp_path / "m.jsonl", "math")
+    cfg = BuildConfig(options={"answer_style": "solution"})
+    assert message_text(build("qa", rs[0], cfg)[0]["messages"][1]) == src[0]["solution"]
+    assert build("qa", rs[1], cfg) == "solution_answer_mismatch"
+    assert message_text(build("qa", rs[2], cfg)[0]["messages"][1]) == ("Add them up: 2 + 5/3 + 1 = 14/3.\n"
+                                                                       "\\boxed{\\frac{14}{3}}")
+
+
 # ------------------------------------------------------------------------------------------------ HumanEval, qa_jsonl
+
+
+def humaneval_program(prompt: str, completion: str, rec: dict) -> str:
+    return f"{prompt}{completion}\n\n{rec['test']}\n\ncheck({rec['entry_point']})\n"
+
+
+def run_python(program: str) -> int:
+    return subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=60).returncode
+
+
+def test_humaneval_samples_are_the_programs_all_164():
+    """The qa builder keeps prompt and answer exactly: user + assistant text is the program (it lost its first
+    indentation before: 0 of 164 compiled); a few canonical solutions pass their own tests, a wrong one fails."""
+    src = [json.loads(line) for line in gzip.open(CODE / "HumanEval.jsonl.gz", "rt")]
+    rs = rows(CODE / "HumanEval.jsonl.gz", "humaneval")
+    assert len(rs) == len(src) == 164 and all(r["drop_reason"] is None for r in rs)
+    compiled = []
+    for r, s in zip(rs, src, strict=True):
+        user, answer = (message_text(m) for m in build("qa", r, BuildConfig())[0]["messages"])
+        assert (user, answer) == (s["prompt"], s["canonical_solution"])
+        compiled.append(compile(user + answer, s["task_id"], "exec") is not None)
+    assert sum(compiled) == 164
+    for i in (0, 2, 53, 163):
+        user, answer = (message_text(m) for m in build("qa", rs[i], BuildConfig())[0]["messages"])
+        assert run_python(humaneval_program(user, answer, src[i])) == 0, src[i]["task_id"]
+    assert run_python(humaneval_program(src[2]["prompt"], "    return number\n", src[2])) != 0
 
 
 def test_humaneval_fields(tmp_path):
@@ -355,8 +433,6 @@ def test_humaneval_fields(tmp_path):
         assert r["id"] == make_id("HumanEval_first5.jsonl", s["task_id"])
     assert rs[0]["annotations"]["entry_point"] == "has_close_elements"
     # gzip as distributed (HumanEval.jsonl.gz); a record without its test is a reject
-    import gzip
-
     bad = {k: v for k, v in src[0].items() if k != "test"}
     data = (CODE / "HumanEval_first5.jsonl").read_bytes() + (json.dumps(bad) + "\n").encode()
     (tmp_path / "HumanEval.jsonl.gz").write_bytes(gzip.compress(data))
