@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     run.add_argument("--overwrite", action="store_true", help="delete OUT's earlier job first (default: "
                      "resume a job of the same recipe and input, refuse another)")
+    run.add_argument("--allow-empty", action="store_true", help="run even when the input holds no record "
+                     "(default: an empty input is an error, exit 2)")
 
     ins = sub.add_parser("inspect", help="show kept or dropped samples of a finished job")
     ins.add_argument("out", help="job output folder")
@@ -97,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.recipe import load_recipe
 
     return _execute(lambda: load_recipe(args.recipe, args.sets, args.input), args.out, args.num_cpus,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, allow_empty=args.allow_empty)
 
 
 def _regen(args: argparse.Namespace) -> int:
@@ -123,14 +125,15 @@ def _regen(args: argparse.Namespace) -> int:
 
 
 def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str | None = None,
-             overwrite: bool = False) -> int:
+             overwrite: bool = False, allow_empty: bool = False) -> int:
     from pipeline.ray_env import RayEnvError, start_ray
-    from pipeline.readers import reader_for
+    from pipeline.readers import check_input, reader_for
     from pipeline.recipe import RecipeError, check_stages
 
     try:
         recipe = load_recipe()
         parts = reader_for(recipe.input).plan(recipe.input)  # a missing input fails here, before Ray starts
+        check_input(recipe, parts, allow_empty=allow_empty)
         if reuse_from is None:
             check_stages(recipe)
         if overwrite:

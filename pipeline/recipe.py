@@ -33,6 +33,8 @@ class InputSpec(Section):
     answer_column: str | None = None
     key_column: str | None = None
     partition_rows: PositiveInt = 1000
+    max_caption_bytes: ByteSize | None = ByteSize(64 * 1024)  # longer text: rejected at read, caption_too_long
+    allow_outside_root: bool = False  # image/video paths may resolve outside the input root
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.readers.base import Partition, fingerprint
+from pipeline.readers.base import Partition, check_not_empty, fingerprint
 from pipeline.readers.grounding import CocoReader, RefCocoReader
 from pipeline.readers.ocr import Icdar2015Reader
 from pipeline.readers.qa import (
@@ -23,7 +23,7 @@ from pipeline.readers.qa import (
 )
 from pipeline.readers.video import VideoReader
 from pipeline.readers.web import FolderReader, JsonlReader, ParquetReader, WebDatasetReader
-from pipeline.recipe import InputSpec
+from pipeline.recipe import InputSpec, Recipe
 
 READERS: dict[str, Any] = {
     "jsonl": JsonlReader(),
@@ -47,6 +47,15 @@ def reader_for(spec: InputSpec) -> Any:
     return READERS[spec.format]
 
 
+def check_input(recipe: Recipe, parts: list[Partition], allow_empty: bool = False) -> None:
+    """What the plan tells before Ray starts, as a RecipeError: an input without records (unless allowed),
+    an input the recipe's format section cannot use (the reader's own `check_recipe`)."""
+    check_not_empty(recipe.input, parts, allow_empty)
+    check = getattr(reader_for(recipe.input), "check_recipe", None)
+    if check is not None:
+        check(recipe)
+
+
 def iter_rows(spec: InputSpec) -> Iterator[dict[str, Any]]:
     """All rows of an input, in order, without Ray (tests and small tools)."""
     reader = reader_for(spec)
@@ -54,4 +63,4 @@ def iter_rows(spec: InputSpec) -> Iterator[dict[str, Any]]:
         yield from reader.read(spec, part)
 
 
-__all__ = ["READERS", "Partition", "fingerprint", "iter_rows", "reader_for"]
+__all__ = ["READERS", "Partition", "check_input", "fingerprint", "iter_rows", "reader_for"]

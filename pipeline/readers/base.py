@@ -3,15 +3,22 @@
 A reader has `plan(spec) -> list[Partition]` (cheap: lists files, counts lines) and
 `read(spec, part) -> list[row]`. A record that cannot be read is still a row, with `drop_stage="read"` and a
 reason (`invalid_json`, `invalid_utf8`, `missing_file` ...), so it is counted and lands in rejects.
+
+Paths named by records (image and video paths) must resolve, symlinks followed, inside the input root: the
+folder `input.path` names, or the folder of the file it names; for images under an `image_dir` option, that
+folder. Others are `path_outside_root` and never opened, unless `input.allow_outside_root`. A text longer
+than `input.max_caption_bytes` is `caption_too_long`, and only a short prefix of it stays in the row.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import math
 import os
 import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +52,94 @@ def drop(row: dict[str, Any], reason: str, detail: str | None = None) -> dict[st
     return row
 
 
+def input_root(path: str) -> tuple[pafs.FileSystem, str]:
+    """(fs, root) of an input.path: the folder itself, or the folder of the file (one stat a process)."""
+    return _input_root(path if is_remote(path) else os.path.abspath(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _input_root(path: str) -> tuple[pafs.FileSystem, str]:
+    fs, p = resolve(path)
+    return fs, p if fs.get_file_info(p).type == pafs.FileType.Directory else posixpath.dirname(p)
+
+
+def confined(spec: InputSpec, root: str) -> str | None:
+    """The root paths must stay under, or None when input.allow_outside_root."""
+    return None if spec.allow_outside_root else root
+
+
+def inside(fs: pafs.FileSystem, path: str, root_fs: pafs.FileSystem, root: str) -> bool:
+    """Whether `path` on `fs` lies under `root` on `root_fs`; local paths with their symlinks followed."""
+    if type(fs) is not type(root_fs):
+        return False
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            path, root = os.path.realpath(path), os.path.realpath(root)
+        except ValueError:  # a NUL in the path: opening it fails as missing_file
+            return True
+    else:
+        path, root = posixpath.normpath(path), posixpath.normpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def outside(spec: InputSpec, fs: pafs.FileSystem, path: str, root: str) -> bool:
+    """A listed file (not a path a record names) that a symlink takes out of `root`, when that is not allowed."""
+    return not spec.allow_outside_root and not inside(fs, path, fs, root)
+
+
+def locate(fs: pafs.FileSystem, base_dir: str, value: str, root: str | None
+           ) -> tuple[pafs.FileSystem, str, str | None]:
+    """A path a record names -> (fs, path, error reason): relative to `base_dir`, or absolute, or a URI with
+    its own filesystem; `path_outside_root` when `root` is set and the path does not resolve under it."""
+    if is_remote(value):
+        try:
+            fs2, p = resolve(value)
+        except (ValueError, OSError):
+            return fs, value, "missing_file"
+    else:
+        fs2, p = fs, value if os.path.isabs(value) else posixpath.normpath(posixpath.join(base_dir, value))
+    if root is not None and not inside(fs2, p, fs, root):
+        return fs2, p, "path_outside_root"
+    return fs2, p, None
+
+
+def cap_text(row: dict[str, Any], spec: InputSpec) -> dict[str, Any]:
+    """The row dropped as `caption_too_long` when its text exceeds input.max_caption_bytes; the text then goes
+    (meta keeps its first 200 characters and its length in bytes)."""
+    text, cap = row["text"], spec.max_caption_bytes
+    if cap is None or not isinstance(text, str) or row["drop_reason"] or len(text) * 4 <= cap:
+        return row  # UTF-8 takes at most 4 bytes a character: most texts need no encoding to tell
+    n = len(text.encode("utf-8", "surrogatepass"))
+    return too_long(row, spec, text, n) if n > cap else row
+
+
+def too_long(row: dict[str, Any], spec: InputSpec, text: str, n: int) -> dict[str, Any]:
+    """Drop as `caption_too_long` a row whose text (`n` bytes, given by `text` or its start) is over the cap."""
+    row["text"] = None
+    row["meta"]["caption_prefix"], row["meta"]["caption_bytes"] = text[:200], n
+    return drop(row, "caption_too_long", f"{n} bytes, over input.max_caption_bytes ({int(spec.max_caption_bytes)})")
+
+
+_LEADING_SPACE = re.compile(rb"(?:\xef\xbb\xbf)?\s*")
+
+
+def check_json_lines(data: bytes, spec: InputSpec, relpath: str) -> None:
+    """A JSON array given where JSON Lines are read is one error line, not an invalid_json row per line."""
+    start = _LEADING_SPACE.match(data).end()
+    if data[start:start + 1] == b"[":
+        stem = posixpath.basename(relpath).removesuffix(".gz").rsplit(".", 1)[0]
+        raise RecipeError(f"input.path: {relpath} is a JSON array, not JSON Lines (one object per line) as format "
+                          f"{spec.format!r} reads; convert it, e.g. jq -c '.[]' {relpath} > {stem}.jsonl")
+
+
+def check_not_empty(spec: InputSpec, parts: list[Partition], allow_empty: bool) -> None:
+    """An input without a single record is an error (unless allowed) when the plan can tell: every partition
+    knows its record count (tars do not)."""
+    if not allow_empty and all(p.stop is not None for p in parts) and sum(p.stop - p.start for p in parts) == 0:
+        raise RecipeError(f"input.path: no records in {spec.path} (empty input); "
+                          "pass --allow-empty to run the job anyway")
+
+
 def _files(spec: InputSpec, suffixes: tuple[str, ...]) -> tuple[pafs.FileSystem, str, list[str]]:
     """(fs, dataset root, sorted file paths) for a file or a folder of files."""
     fs, path = resolve(spec.path)
@@ -69,8 +164,10 @@ def _name(i: int) -> str:
     return f"p{i:05d}"
 
 
-def load_image(fs: pafs.FileSystem, base_dir: str, value: Any) -> tuple[bytes | None, str | None, str | None]:
-    """An image column value -> (bytes, path, error reason). Path strings are relative to the input file."""
+def load_image(fs: pafs.FileSystem, base_dir: str, value: Any, spec: InputSpec, root: str | None = None
+               ) -> tuple[bytes | None, str | None, str | None]:
+    """An image column value -> (bytes, path, error reason). Path strings are relative to `base_dir` and must
+    resolve under `root` (default: `base_dir`) unless input.allow_outside_root; one outside is not opened."""
     if isinstance(value, dict):
         data = value.get("bytes")
         if data:
@@ -87,14 +184,9 @@ def load_image(fs: pafs.FileSystem, base_dir: str, value: Any) -> tuple[bytes | 
         return None, None, "no_image"
     if value.startswith(("http://", "https://")):
         return None, value, "url_not_downloaded"  # fetching is img2dataset's job; then read its tars
-    if is_remote(value):
-        try:
-            fs2, p = resolve(value)
-        except (ValueError, OSError):
-            return None, value, "missing_file"
-    else:
-        fs2 = fs
-        p = value if os.path.isabs(value) else posixpath.normpath(posixpath.join(base_dir, value))
+    fs2, p, err = locate(fs, base_dir, value, confined(spec, root or base_dir))
+    if err:
+        return None, value, err
     try:
         with fs2.open_input_stream(p) as f:
             return f.read(), value, None
@@ -159,10 +251,13 @@ def record_to_row(rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs:
     """A web-pair record (dict) -> row: images loaded, caption, answer, small scalar fields kept in meta."""
     text = rec.get(spec.text_column)
     row["text"] = text if isinstance(text, str) or text is None else str(text)
+    if cap_text(row, spec)["drop_reason"]:
+        return row
+    root = input_root(spec.path)[1]
     images = rec.get(spec.image_column)
     values = images if isinstance(images, list) else ([images] if images is not None else [])
     for value in values:
-        data, path, err = load_image(fs, base_dir, value)
+        data, path, err = load_image(fs, base_dir, value, spec, root)
         if err:
             return drop(row, err, f"{spec.image_column}: {path or value!r}"[:300])
         row["images"].append(data)

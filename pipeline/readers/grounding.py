@@ -159,12 +159,12 @@ class _Instances:
                 "iscrowd": 1 if ann.get("iscrowd") else 0}
 
 
-def _image_row(row: dict[str, Any], im: dict[str, Any], fs: pafs.FileSystem, image_dir: str
+def _image_row(row: dict[str, Any], im: dict[str, Any], fs: pafs.FileSystem, image_dir: str, spec: InputSpec
                ) -> tuple[dict[str, Any], float | None, float | None]:
     """Load the image of a COCO `images` entry into the row; (row, width, height). Drops on a missing file."""
     file_name = im.get("file_name")
     row["meta"] = {"image_id": im["id"], "file_name": file_name, "dropped_objects": 0}
-    data, _, err = load_image(fs, image_dir, file_name)
+    data, _, err = load_image(fs, image_dir, file_name, spec)
     if err:
         return drop(row, err, f"{file_name!r} in {image_dir}"[:300]), None, None
     row["images"] = [data]
@@ -199,7 +199,7 @@ class CocoReader:
         rows = []
         for image_id in index.image_ids[part.start:part.stop]:
             row = new_row(make_id(part.relpath, image_id), f"{part.relpath}#{image_id}")
-            row, width, height = _image_row(row, index.images[image_id], ifs, image_dir)
+            row, width, height = _image_row(row, index.images[image_id], ifs, image_dir, spec)
             if row["drop_reason"] is None:
                 objects = []
                 for ann in index.by_image.get(image_id, []):
@@ -282,7 +282,7 @@ class RefCocoReader:
                 row["meta"] = {"image_id": image_id, "dropped_objects": len(refs)}
                 rows.append(drop(row, "missing_image_entry", f"image {image_id} not in {posixpath.basename(ipath)}"))
                 continue
-            row, width, height = _image_row(row, im, ifs, image_dir)
+            row, width, height = _image_row(row, im, ifs, image_dir, spec)
             splits = sorted({_text(r.get("split")) for r in refs})
             row["meta"]["split"] = splits[0] if len(splits) == 1 else splits
             if row["drop_reason"] is None:

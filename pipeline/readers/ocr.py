@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers.base import IMAGE_EXTENSIONS, Partition, check_options, drop
+from pipeline.readers.base import IMAGE_EXTENSIONS, Partition, check_options, drop, outside
 from pipeline.readers.grounding import image_size, option_path, slices
 from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
@@ -94,6 +94,9 @@ class Icdar2015Reader:
             gt_name = f"gt_{stem}.txt"
             row = new_row(make_id(rel, stem), rel)
             row["meta"] = {"file_name": posixpath.basename(path), "gt_file": gt_name, "bad_lines": 0}
+            if outside(spec, ifs, path, image_dir):
+                rows.append(drop(row, "path_outside_root", f"{rel} links outside {image_dir}"))
+                continue
             try:
                 with ifs.open_input_stream(path) as f:
                     data = f.read()

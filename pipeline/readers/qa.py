@@ -255,7 +255,7 @@ class VqaV2Reader:
             row["text"] = q["question"]
             row["meta"] = {"image_id": image_id, "file_name": file_name, "split": split}
             if image_id not in images:
-                data, _, err = load_image(ifs, image_dir, file_name)
+                data, _, err = load_image(ifs, image_dir, file_name, spec)
                 images = {image_id: (data, err)}  # questions of one image are consecutive: keep the last only
             data, err = images[image_id]
             if err:
@@ -319,7 +319,7 @@ class GqaReader:
             row["text"], row["answer"] = q["question"], q["answer"]
             row["annotations"] = {"question_id": qid, "full_answer": q.get("fullAnswer"), "types": q.get("types")}
             row["meta"] = {"image_id": q["imageId"], "file_name": file_name}
-            data, _, err = load_image(ifs, image_dir, file_name)
+            data, _, err = load_image(ifs, image_dir, file_name, spec)
             if err:
                 rows.append(drop(row, err, f"{file_name} in {image_dir}"))
                 continue

@@ -29,24 +29,36 @@ Ids: a file or folder input: make_id(path relative to the input root, that path 
 as the jsonl reader (make_id(jsonl path, line number or input.key_column's value)). Drop reasons:
 ``missing_file``, ``no_video`` (jsonl record without a video), ``decode_error`` (decord cannot open or decode it,
 no frames, no fps), ``frame_plan_error`` (video_plan rejects it: too few frames, aspect ratio > 200, an empty
-video_start/video_end range), plus the jsonl reasons (``invalid_json``, ...).
+video_start/video_end range), ``path_outside_root`` (a path or symlink leading out of the input root: not
+opened), ``caption_too_long`` (not decoded), plus the jsonl reasons (``invalid_json``, ...). Video files carry
+no text: with a ``format:`` section, `check_recipe` refuses them before the job (no builder takes them).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import posixpath
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers.base import Partition, _files, _name, _rel, check_options, drop
+from pipeline.readers.base import (
+    Partition,
+    _files,
+    _name,
+    _rel,
+    cap_text,
+    check_options,
+    confined,
+    drop,
+    input_root,
+    locate,
+    outside,
+)
 from pipeline.readers.qa import _scalars
 from pipeline.readers.web import JsonlReader
-from pipeline.recipe import InputSpec, RecipeError
+from pipeline.recipe import InputSpec, Recipe, RecipeError
 from pipeline.schema import make_id, new_row
-from pipeline.storage import is_remote, resolve
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp")
 JSONL_EXTENSIONS = (".jsonl", ".json")
@@ -173,12 +185,12 @@ class _VideoJsonl(JsonlReader):
         row["meta"] = _scalars(rec, (column, text_col, answer_col or "", *PLAN_OPTIONS))
         if not isinstance(value, str) or not value:
             return drop(row, "no_video", f"{column}: {value!r}"[:300])
+        if cap_text(row, spec)["drop_reason"]:
+            return row
         options = {**_plan_options(spec.options), **_plan_options(rec)}
-        if is_remote(value):
-            vfs, vpath = resolve(value)
-        else:
-            vfs = fs
-            vpath = value if os.path.isabs(value) else posixpath.normpath(posixpath.join(base, value))
+        vfs, vpath, err = locate(fs, base, value, confined(spec, input_root(spec.path)[1]))
+        if err:
+            return drop(row, err, f"{column}: {value}"[:300])
         return _fill(row, vfs, vpath, value, options)
 
 
@@ -225,5 +237,17 @@ class VideoReader:
         for path in files[part.start:part.stop]:
             rel = _rel(root, path)
             row = new_row(make_id(rel, os.path.splitext(rel)[0]), rel)
+            if outside(spec, fs, path, root):
+                rows.append(drop(row, "path_outside_root", f"{rel} links outside {root}"))
+                continue
             rows.append(_fill(row, fs, path, rel, options))
         return rows
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Video files carry no caption: with a format section every one would be rejected `no_text`."""
+        if recipe.model.format is not None and not self._check(recipe.input):
+            raise RecipeError(
+                f"format.builder: {recipe.model.format.builder} needs a caption or question per video, and "
+                f"{recipe.input.path} holds video files without text (no builder takes captionless video): "
+                "give input.path a jsonl with `video` + `caption` (or `question` + `answer`) per line, "
+                "or remove the format section to only check and plan the videos")

@@ -17,11 +17,15 @@ from pipeline.readers.base import (
     _files,
     _name,
     _rel,
+    cap_text,
+    check_json_lines,
     check_options,
     drop,
     iter_json_lines,
+    outside,
     read_text_file,
     record_to_row,
+    too_long,
 )
 from pipeline.recipe import InputSpec
 from pipeline.schema import make_id, new_row
@@ -47,6 +51,7 @@ class JsonlReader:
         parts = []
         for path in files:
             data = read_text_file(fs, path)
+            check_json_lines(data, spec, _rel(root, path))
             offsets, n, pos = [0], 0, 0
             while (nl := data.find(b"\n", pos)) >= 0:
                 n, pos = n + 1, nl + 1
@@ -73,7 +78,7 @@ class JsonlReader:
         key_field = spec.key_column or self.record_key
         rows = []
         for row, rec in iter_json_lines(data, part, key_field):
-            rows.append(row if rec is None else self.convert(rec, row, spec, fs, base))
+            rows.append(row if rec is None else cap_text(self.convert(rec, row, spec, fs, base), spec))
         return rows
 
     def convert(self, rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs: pafs.FileSystem,
@@ -158,12 +163,14 @@ class WebDatasetReader:
             row["text"] = text
             row["meta"] = {k: v for k, v in meta.items()
                            if isinstance(v, str | int | float | bool) and len(str(v)) <= 1000}
-            rows.append(row)
+            rows.append(cap_text(row, spec))
         return rows
 
 
 class FolderReader:
-    """A folder of images with sidecar captions: a.jpg + a.txt (no .txt -> no caption)."""
+    """A folder of images with sidecar captions: a.jpg + a.txt (no .txt -> no caption). An image that is a
+    symlink out of the folder is `path_outside_root` unless input.allow_outside_root; a .txt over
+    input.max_caption_bytes is `caption_too_long` with only its start read."""
 
     def plan(self, spec: InputSpec) -> list[Partition]:
         fs, root, files = _files(spec, IMAGE_EXTENSIONS)
@@ -179,17 +186,25 @@ class FolderReader:
             rel = _rel(root, path)
             key = os.path.splitext(rel)[0]
             row = new_row(make_id(rel, key), rel)
-            with fs.open_input_stream(path) as f:
-                row["images"] = [f.read()]
+            if outside(spec, fs, path, root):
+                rows.append(drop(row, "path_outside_root", f"{rel} links outside {root}"))
+                continue
             txt = os.path.splitext(path)[0] + ".txt"
-            if fs.get_file_info(txt).type == pafs.FileType.File:
+            info = fs.get_file_info(txt)
+            if info.type == pafs.FileType.File:
+                too_big = spec.max_caption_bytes is not None and info.size > spec.max_caption_bytes
                 with fs.open_input_stream(txt) as f:
-                    raw = f.read()
+                    raw = f.read(800) if too_big else f.read()
+                if too_big:
+                    rows.append(too_long(row, spec, raw.decode("utf-8", "ignore"), info.size))
+                    continue
                 try:
                     row["text"] = raw.decode("utf-8-sig")
                 except UnicodeDecodeError:
                     rows.append(drop(row, "invalid_utf8", "sidecar .txt"))
                     continue
+            with fs.open_input_stream(path) as f:
+                row["images"] = [f.read()]
             rows.append(row)
         return rows
 

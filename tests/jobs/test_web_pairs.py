@@ -86,7 +86,7 @@ def write_jsonl(root: Path, files: list[str], folder: str) -> Path:
         json.dumps({"image": str(root / "img" / f), "caption": caption(f.split(".")[0].replace("_", " "))})
         for f in files
     ]
-    path = root / folder / "data.jsonl"
+    path = root / folder / "data.jsonl"  # the images lie outside its folder: input.allow_outside_root below
     path.parent.mkdir()
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -94,7 +94,7 @@ def write_jsonl(root: Path, files: list[str], folder: str) -> Path:
 
 def web_pairs(sets: list[str], input_path: Path) -> dict:
     """The recipe file as a raw dict with --set overrides applied (what `vlcurate run` parses)."""
-    return load_recipe(str(RECIPE), sets, str(input_path)).raw
+    return load_recipe(str(RECIPE), ["input.allow_outside_root=true", *sets], str(input_path)).raw
 
 
 def run(raw: dict, out: Path):
