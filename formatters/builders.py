@@ -588,16 +588,8 @@ def _quad_bbox(quad: list[float], width: int, height: int) -> list[float]:
     return [max(0.0, min(xs)), max(0.0, min(ys)), min(float(width), max(xs)), min(float(height), max(ys))]
 
 
-def build_ocr(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
-    """ICDAR-2015 record -> full-text reading (reading order), text -> quad, quad -> text and (option)
-    text spotting samples. ``ignore`` / ``###`` regions are never targets. Qwen2.5-VL has no quad text: its
-    shapes are the quads' axis-aligned boxes in JSON with ``"text_content"`` (the Qwen2.5-VL OCR format)."""
-    opts = options_for("ocr", cfg.options)
-    one = _one_image(row, cfg)
-    if isinstance(one, str):
-        return one
-    ann, stored, sizes, originals = one
-    (width, height) = originals[0]
+def _valid_texts(ann: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The annotation's text regions that can be targets: 8 finite numbers, a text, not ``ignore`` / ``###``."""
     texts = []
     for t in ann.get("texts") or []:
         if not isinstance(t, Mapping):
@@ -606,9 +598,54 @@ def build_ocr(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
         if quad is None or not isinstance(text, str) or not text.strip() or t.get("ignore") or text == "###":
             continue
         texts.append({**dict(t), "quad": quad, "text": text.strip()})
+    return texts
+
+
+def _text_shape(t: Mapping[str, Any], width: int, height: int, cfg: BuildConfig) -> tuple[list[int], list[float]]:
+    """(the dialect's coordinates, the shape in original pixels) of a text region: for Qwen2.5-VL the quad's
+    axis-aligned box, for the others the quad, clipped to the image."""
+    if cfg.dialect == "qwen2.5-vl":
+        box = _quad_bbox(t["quad"], width, height)
+        return convert_box(box, width, height, cfg.dialect, cfg.min_pixels, cfg.max_pixels), box
+    clipped = [min(max(v, 0.0), float(width if i % 2 == 0 else height)) for i, v in enumerate(t["quad"])]
+    return convert_quad(clipped, width, height, cfg.dialect, cfg.min_pixels, cfg.max_pixels), clipped
+
+
+def _texts_answer(texts: list[dict[str, Any]], width: int, height: int, cfg: BuildConfig) -> _Grounded:
+    """Text regions with their shapes: one Qwen2.5-VL JSON list (``text_content``), else one region a line."""
+    if cfg.dialect == "qwen2.5-vl":
+        return _json_list([(t["text"], *_text_shape(t, width, height, cfg)) for t in texts], cfg.dialect,
+                          "text_content")
+    pieces = []
+    for k, t in enumerate(texts):
+        if k:
+            pieces.append(_plain("\n"))
+        pieces.append(_boxes_answer(t["text"], [_text_shape(t, width, height, cfg)], cfg.dialect, quad=True))
+    return _concat(*pieces)
+
+
+def _text_record(row: Mapping[str, Any], cfg: BuildConfig) -> tuple | str:
+    """(target text regions, stored images, stored sizes, original sizes, width, height) of a record annotated
+    with text regions on one image, or the drop reason."""
+    one = _one_image(row, cfg)
+    if isinstance(one, str):
+        return one
+    ann, stored, sizes, originals = one
+    return _valid_texts(ann), stored, sizes, originals, *originals[0]
+
+
+def build_ocr(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
+    """ICDAR-2015 record -> full-text reading (reading order), text -> quad, quad -> text and (option)
+    text spotting samples. ``ignore`` / ``###`` regions are never targets. Qwen2.5-VL has no quad text: its
+    shapes are the quads' axis-aligned boxes in JSON with ``"text_content"`` (the Qwen2.5-VL OCR format)."""
+    opts = options_for("ocr", cfg.options)
+    one = _text_record(row, cfg)
+    if isinstance(one, str):
+        return one
+    texts, stored, sizes, originals, width, height = one
     if not texts:
         return "no_text_regions"
-    dialect, lo, hi = cfg.dialect, cfg.min_pixels, cfg.max_pixels
+    dialect = cfg.dialect
     rid = row.get("id")
     base_ann = {"width": width, "height": height}
     lines = reading_order([t["quad"] for t in texts], opts["line_tolerance"])
@@ -616,11 +653,7 @@ def build_ocr(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
     json25 = dialect == "qwen2.5-vl"
 
     def shape(t: dict) -> tuple[list[int], list[float]]:
-        if json25:
-            box = _quad_bbox(t["quad"], width, height)
-            return convert_box(box, width, height, dialect, lo, hi), box
-        clipped = [min(max(v, 0.0), float(width if i % 2 == 0 else height)) for i, v in enumerate(t["quad"])]
-        return convert_quad(clipped, width, height, dialect, lo, hi), clipped
+        return _text_shape(t, width, height, cfg)
 
     samples: list[Sample] = []
     tasks = opts["tasks"]
@@ -648,18 +681,9 @@ def build_ocr(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
                                             originals, {**base_ann, "texts": [t]}))
     if "spot" in tasks:
         ordered = [texts[i] for i in order]
-        if json25:
-            user = _plain("Detect all the text in the image and output each text region with its content "
-                          "in JSON format.")
-            answer = _json_list([(t["text"], *shape(t)) for t in ordered], dialect, "text_content")
-        else:
-            user = _plain("Detect all the text in the image and output each text region with its content.")
-            pieces = []
-            for k, t in enumerate(ordered):
-                if k:
-                    pieces.append(_plain("\n"))
-                pieces.append(_boxes_answer(t["text"], [shape(t)], dialect, quad=True))
-            answer = _concat(*pieces)
+        suffix = " in JSON format" if json25 else ""
+        user = _plain(f"Detect all the text in the image and output each text region with its content{suffix}.")
+        answer = _texts_answer(ordered, width, height, cfg)
         samples.append(_grounded_sample(row, "ocr", "spot", cfg, user, answer, stored, sizes, originals,
                                         {**base_ann, "texts": ordered}))
     return samples or "no_text_regions"
@@ -841,6 +865,10 @@ def _check_value(name: str, key: str, value: Any, default: Any, builder: Builder
         if value not in builder.choices[key]:
             raise ValueError(f"{key}: expected one of {', '.join(builder.choices[key])} (got {value!r})")
         return value
+    if key == "fields":  # kie: class names; empty = every *_value class
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"{key}: expected a list of class names (got {value!r})")
+        return list(value)
     if key in ("max_per_task", "phrases_per_object"):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key}: expected a positive integer or null (got {value!r})")
@@ -880,3 +908,46 @@ def build(name: str, row: Mapping[str, Any], cfg: BuildConfig) -> Result:
     if name not in BUILDERS:
         raise ValueError(f"unknown builder {name!r} (known: {', '.join(BUILDERS)})")
     return BUILDERS[name](row, cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Key information extraction (WildReceipt)
+
+
+def field_name(category: str) -> str:
+    """A key class as a prompt names it: ``Store_name_value`` -> ``store name``."""
+    return " ".join(re.sub(r"_value$", "", category, flags=re.IGNORECASE).replace("_", " ").split()).lower()
+
+
+def build_kie(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
+    """Key information (WildReceipt rows: text regions with a ``category``): one sample per key field present,
+    asking for the field by its class name; the answer is the field's regions in reading order with their
+    text and shape, written like OCR spotting (Qwen2.5-VL: JSON ``bbox_2d`` of the quad's box +
+    ``text_content``; qwen-vl / qwen2-vl: ref + quad). Key fields are the ``*_value`` classes, or the classes
+    named in option ``fields``; ignore / ``###`` regions are never targets."""
+    opts = options_for("kie", cfg.options)
+    one = _text_record(row, cfg)
+    if isinstance(one, str):
+        return one
+    texts, stored, sizes, originals, width, height = one
+    wanted = set(opts["fields"])
+    by_field: dict[str, list[dict[str, Any]]] = {}
+    for line in reading_order([t["quad"] for t in texts], opts["line_tolerance"]):
+        for i in line:
+            cat = texts[i].get("category")
+            if isinstance(cat, str) and (cat in wanted if wanted else cat.lower().endswith("_value")):
+                by_field.setdefault(cat, []).append(texts[i])
+    if not by_field:
+        return "no_key_fields"
+    suffix = " in JSON format" if cfg.dialect == "qwen2.5-vl" else ""
+    samples = []
+    for cat in _cap(list(by_field), opts["max_per_task"], row.get("id"), "field"):
+        user = _plain(f"Find the {field_name(cat)} in the image and output its text with its location{suffix}.")
+        answer = _texts_answer(by_field[cat], width, height, cfg)
+        samples.append(_grounded_sample(row, "kie", "field", cfg, user, answer, stored, sizes, originals,
+                                        {"width": width, "height": height, "field": cat, "texts": by_field[cat]}))
+    return samples
+
+
+BUILDERS["kie"] = Builder(build_kie, {"fields": [], "max_per_task": None, "line_tolerance": 0.5},
+                          summary="WildReceipt: key field by class name -> its texts with quads")

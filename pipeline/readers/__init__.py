@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipeline.readers.base import Partition, check_not_empty, fingerprint
+from pipeline.readers.captions import CocoCaptionsReader, Flickr30kReader
 from pipeline.readers.grounding import CocoReader, RefCocoReader
-from pipeline.readers.ocr import Icdar2015Reader
+from pipeline.readers.ocr import Icdar2015Reader, WildReceiptReader
 from pipeline.readers.qa import (
     GqaReader,
     Gsm8kReader,
@@ -22,6 +23,7 @@ from pipeline.readers.qa import (
     VqaV2Reader,
 )
 from pipeline.readers.video import VideoReader
+from pipeline.readers.vl import Nlvr2Reader, SnliVeReader, VisualGenomeQaReader
 from pipeline.readers.web import FolderReader, JsonlReader, ParquetReader, WebDatasetReader
 from pipeline.recipe import InputSpec, Recipe
 
@@ -40,6 +42,12 @@ READERS: dict[str, Any] = {
     "humaneval": HumanEvalReader(),
     "qa_jsonl": QaJsonlReader(),
     "video": VideoReader(),
+    "flickr30k": Flickr30kReader(),
+    "coco_captions": CocoCaptionsReader(),
+    "snli_ve": SnliVeReader(),
+    "nlvr2": Nlvr2Reader(),
+    "wildreceipt": WildReceiptReader(),
+    "visual_genome_qa": VisualGenomeQaReader(),
 }
 
 

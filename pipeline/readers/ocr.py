@@ -17,13 +17,16 @@ line is skipped and counted in ``meta["bad_lines"]``; blank lines are ignored. D
 
 from __future__ import annotations
 
+import math
 import posixpath
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from pipeline.readers.base import IMAGE_EXTENSIONS, Partition, check_options, drop, outside
-from pipeline.readers.grounding import image_size, option_path, slices
+from pipeline.readers.grounding import cached, image_size, option_path, slices
+from pipeline.readers.vl import attach_image
+from pipeline.readers.web import JsonlReader
 from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
 from pipeline.storage import resolve
@@ -124,3 +127,92 @@ class Icdar2015Reader:
             row["annotations"] = {"width": size[0], "height": size[1], "texts": texts}
             rows.append(row)
         return rows
+
+
+# ---------------------------------------------------------------------------------------------- WildReceipt
+
+
+def parse_class_list(text: str) -> dict[int, str]:
+    """WildReceipt's class_list.txt (``N Name`` per line, trailing tabs allowed) -> {N: Name}."""
+    classes = {}
+    for line in text.splitlines():
+        num, _, name = line.strip().partition(" ")
+        if num.isdigit() and name.strip():
+            classes[int(num)] = name.strip()
+    return classes
+
+
+def _coord(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else round(float(v), 6)
+
+
+class WildReceiptReader(JsonlReader):
+    """WildReceipt (mmocr's KIE layout): input.path is an annotation file (``train.txt`` / ``test.txt``), one JSON
+    object per line: ``file_name`` (relative to ``input.options.image_dir``, default the file's folder; when
+    that path is absent its trailing parts are tried, so mmocr's ``tests/data/.../2.jpeg`` finds ``2.jpeg``),
+    ``height``, ``width``, ``annotations`` [{"box": 8 numbers (a quad, clockwise from any corner), "text",
+    "label"}]. ``input.options.class_list`` names the classes (default ``class_list.txt`` beside the file;
+    ``null``: labels stay numbers). One row per line, the OCR reader's layout plus the key classes:
+
+    - ``annotations``: {"width", "height", "texts": [{"quad": [8 numbers, original pixels], "text", "ignore":
+      text empty or ``###``, "label": int, "category": class name or None}, ...]} in file order
+    - ``meta``: {"file_name", "bad_annotations"} (a region without 8 finite numbers or a text is left out
+      and counted)
+
+    id = make_id(annotation file, file_name). Drop reasons: the jsonl ones (``invalid_json`` ...),
+    ``missing_field`` (no file_name / annotations list), ``missing_file``, ``decode_error``."""
+
+    suffixes = (".txt", ".jsonl", ".json")
+    options = ("image_dir", "class_list")
+    record_key = "file_name"
+
+    def plan(self, spec: InputSpec) -> list[Partition]:
+        fs, path = resolve(spec.path)
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            raise RecipeError(f"input.path: format wildreceipt needs an annotation file (train.txt / test.txt), "
+                              f"not found: {spec.path}")
+        self._classes(spec)
+        return super().plan(spec)
+
+    @staticmethod
+    def _classes(spec: InputSpec) -> dict[int, str]:
+        if "class_list" in spec.options and spec.options["class_list"] is None:
+            return {}
+        fs, path = resolve(spec.path)
+        cfs, cpath = option_path(spec, "class_list", posixpath.join(posixpath.dirname(path), "class_list.txt"))
+        if cfs.get_file_info(cpath).type != pafs.FileType.File:
+            raise RecipeError(f"input.options.class_list: not found: {cpath} (name the class list, or null)")
+        return cached(cfs, cpath, "wildreceipt_classes", lambda b: parse_class_list(b.decode("utf-8-sig")))
+
+    def convert(self, rec, row, spec, fs, base):
+        name, anns = rec.get("file_name"), rec.get("annotations")
+        if not isinstance(name, str) or not name.strip() or not isinstance(anns, list):
+            return drop(row, "missing_field", "file_name and an annotations list are required")
+        row["meta"] = {"file_name": name, "bad_annotations": 0}
+        ifs, image_dir = option_path(spec, "image_dir", base)
+        parts = name.strip("/").split("/")
+        row = attach_image(row, ifs, image_dir, ["/".join(parts[k:]) for k in range(len(parts))], spec)
+        if row["drop_reason"]:
+            return row
+        data = row["images"][0]
+        width, height = rec.get("width"), rec.get("height")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+            size = image_size(data)
+            if size is None:
+                return drop(row, "decode_error", f"{name}: cannot read the image size")
+            width, height = size
+        classes = self._classes(spec)
+        texts = []
+        for ann in anns:
+            ann = ann if isinstance(ann, dict) else {}
+            box, text, label = ann.get("box"), ann.get("text"), ann.get("label")
+            if (not isinstance(box, list) or len(box) != 8 or not isinstance(text, str)
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                               for v in box)):
+                row["meta"]["bad_annotations"] += 1
+                continue
+            label = label if isinstance(label, int) and not isinstance(label, bool) else None
+            texts.append({"quad": [_coord(v) for v in box], "text": text, "ignore": text.strip() in ("", "###"),
+                          "label": label, "category": classes.get(label) if label is not None else None})
+        row["annotations"] = {"width": _coord(width), "height": _coord(height), "texts": texts}
+        return row

@@ -35,6 +35,7 @@ first in the annotators' order), annotations = {"answers": [10 strings], "questi
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import re
 from collections import Counter
@@ -45,6 +46,8 @@ import pyarrow.fs as pafs
 from formatters.builders import last_boxed
 from pipeline.readers.base import (
     Partition,
+    _files,
+    _name,
     check_options,
     drop,
     load_image,
@@ -278,36 +281,72 @@ class VqaV2Reader:
         return rows
 
 
+def _glob_files(spec: InputSpec, suffix: str) -> tuple[pafs.FileSystem, str, list[str]]:
+    """(fs, root, sorted files) for a file, a folder (its `suffix` files, recursively) or a glob pattern
+    (``*``, ``?``, ``[...]``; the root is the folder before the first wildcard)."""
+    if not any(c in spec.path for c in "*?["):
+        return _files(spec, (suffix,))
+    fs, pattern = resolve(spec.path)
+    parts = pattern.split("/")
+    k = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
+    root = "/".join(parts[:k]) or "/"
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        raise RecipeError(f"input.path: no files match {spec.path}")
+    sel = pafs.FileSelector(root, recursive=True)
+    files = sorted(i.path for i in fs.get_file_info(sel)
+                   if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, pattern))
+    if not files:
+        raise RecipeError(f"input.path: no files match {spec.path}")
+    return fs, root, files
+
+
+def _gqa_questions(data: bytes, what: str) -> list[tuple[str, Any]]:
+    doc = load_json(data, what)
+    if not isinstance(doc, dict):
+        raise RecipeError(f"input.path: {what} is not a GQA questions file (an object of questions)")
+    return list(doc.items())
+
+
 class GqaReader:
     """GQA-style questions: a JSON object {question_id: {"imageId", "question", "answer", "fullAnswer", ...}}
-    (GQA's `*_questions.json`), images `{image_dir}/{imageId}.jpg` (`input.options.image_dir`, default the
-    `images/` folder beside the questions file). One row per question in file order: images = [bytes],
-    text = question, answer = the short answer, annotations = {"question_id", "full_answer", "types"},
-    meta = {"image_id", "file_name"}. Drop reasons: ``missing_field``, ``missing_file``."""
+    (GQA's `*_questions.json`); input.path is one such file, a folder of them (``.json``, recursively) or a glob
+    (``train_all_questions/train_all_questions_*.json``). Images `{image_dir}/{imageId}.jpg`
+    (`input.options.image_dir`, default the `images/` folder beside the file, or beside the folder / the glob's
+    base folder, when it exists, else that folder itself). One row per question in file order: images =
+    [bytes], text = question, answer = the short answer, annotations = {"question_id", "full_answer", "types"},
+    meta = {"image_id", "file_name"}; id = make_id(file path relative to the root, question id). Drop reasons:
+    ``missing_field``, ``missing_file``; a file that is not a valid GQA questions JSON is one row
+    ``invalid_json`` (the other files are read)."""
 
     options = ("image_dir",)
 
-    def _load(self, spec: InputSpec) -> tuple[str, list[tuple[str, Any]]]:
+    def _layout(self, spec: InputSpec) -> tuple[pafs.FileSystem, str, list[str]]:
         check_options(spec, self.options)
-        fs, path = resolve(spec.path)
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            raise RecipeError(f"input.path: format gqa needs the questions JSON file, not found: {spec.path}")
-
-        def parse(data: bytes) -> list[tuple[str, Any]]:
-            doc = load_json(data, spec.path)
-            if not isinstance(doc, dict):
-                raise RecipeError(f"input.path: {spec.path} is not a GQA questions file (an object of questions)")
-            return list(doc.items())
-
-        return path, cached(fs, path, "gqa_questions", parse)
+        return _glob_files(spec, ".json")
 
     def plan(self, spec: InputSpec) -> list[Partition]:
-        path, items = self._load(spec)
-        return slices(len(items), spec.partition_rows, path, posixpath.basename(path))
+        fs, root, files = self._layout(spec)
+        parts = []
+        for path in files:
+            try:
+                n = len(cached(fs, path, "gqa_questions", lambda b, p=path: _gqa_questions(b, p)))
+            except RecipeError:
+                n = 1  # read() turns the file into one invalid_json row
+            for p in slices(n, spec.partition_rows, path, posixpath.relpath(path, root)):
+                parts.append(Partition(_name(len(parts)), p.path, p.relpath, p.start, p.stop))
+        return parts
 
     def read(self, spec: InputSpec, part: Partition) -> list[dict[str, Any]]:
-        path, items = self._load(spec)
-        ifs, image_dir = option_path(spec, "image_dir", posixpath.join(posixpath.dirname(path), "images"))
+        fs, root, _ = self._layout(spec)
+        try:
+            items = cached(fs, part.path, "gqa_questions", lambda b: _gqa_questions(b, part.relpath))
+        except RecipeError as e:
+            row = new_row(make_id(part.relpath, "file"), part.relpath)
+            return [drop(row, "invalid_json", str(e).removeprefix("input.path: ").removeprefix("input: "))]
+        images_dir = posixpath.join(root, "images")
+        default = images_dir if fs.get_file_info(images_dir).type == pafs.FileType.Directory else root
+        ifs, image_dir = option_path(spec, "image_dir", default)
+        memo: dict[str, tuple[bytes | None, str | None]] = {}
         rows = []
         for qid, q in items[part.start:part.stop]:
             row = new_row(make_id(part.relpath, qid), f"{part.relpath}#{qid}")
@@ -319,7 +358,10 @@ class GqaReader:
             row["text"], row["answer"] = q["question"], q["answer"]
             row["annotations"] = {"question_id": qid, "full_answer": q.get("fullAnswer"), "types": q.get("types")}
             row["meta"] = {"image_id": q["imageId"], "file_name": file_name}
-            data, _, err = load_image(ifs, image_dir, file_name, spec)
+            if file_name not in memo:  # GQA lists many questions per image: keep the last image only
+                data, _, err = load_image(ifs, image_dir, file_name, spec)
+                memo = {file_name: (data, err)}
+            data, err = memo[file_name]
             if err:
                 rows.append(drop(row, err, f"{file_name} in {image_dir}"))
                 continue
