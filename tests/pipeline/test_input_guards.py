@@ -237,3 +237,24 @@ def test_captionless_videos_given_to_a_builder_are_one_line(tmp_path):
                 [Partition("p0", "v", ".", 0, 1)])
     check_input(parse_recipe({"input": {"path": str(REPO / "tests/data/video/captions.jsonl"), "format": "video"},
                               "format": {"builder": "video"}}), [Partition("p0", "v", ".", 0, 1)])
+
+
+@pytest.mark.slow
+def test_job_keeps_escaping_images_and_huge_captions_out_of_the_shards(ray_local, escaping_dataset, tmp_path):
+    from pipeline.runner import run_job
+
+    with (escaping_dataset / "d.jsonl").open("a") as f:
+        f.write(json.dumps({"image": "imgs/ok.png", "caption": "big " * 20_000}) + "\n")
+    raw = {"input": {"path": str(escaping_dataset / "d.jsonl"), "partition_rows": 3},
+           "stages": {"image_check": {"min_side_px": 16}}, "output": {"buckets": 2}}
+    out = tmp_path / "out"
+    run_job(parse_recipe(raw), str(out), log=lambda m: None)
+    kept = pq.read_table(out / "manifest.parquet").to_pylist()
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert sorted(int(r["source"].split(":")[1]) for r in kept) == [1, 2, 3, 4]
+    assert sorted((r["source"], r["drop_stage"], r["drop_reason"]) for r in rejects) == sorted([
+        *[(f"d.jsonl:{n}", "read", "path_outside_root") for n in range(5, 10)],
+        ("d.jsonl:10", "read", "caption_too_long")])
+    shards = b"".join(p.read_bytes() for p in out.rglob("*.tar"))
+    assert b"root:" not in shards and b"big big big big" not in shards
+    assert shards.count(CAMERA.read_bytes()) == 4
