@@ -1,4 +1,5 @@
-"""OCR reader: ICDAR-2015 incidental scene text (DESIGN.md, Input formats).
+"""OCR readers: ICDAR-2015 incidental scene text, and WildReceipt (at the end: the same row layout plus key
+classes, for the ``ocr`` and ``kie`` builders) (DESIGN.md, Input formats).
 
 input.path is a folder holding ``imgs/`` (img_N.jpg) and ``gt/`` (gt_img_N.txt); ``input.options.image_dir`` /
 ``input.options.gt_dir`` override either folder (paths resolve like input.path). One row per image, images in
