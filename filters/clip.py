@@ -21,11 +21,16 @@ class ClipScore(Stage):
     ``arch`` is an open_clip architecture name and ``checkpoint`` a local weights file (.bin/.pt/.pth/
     .safetensors); nothing is downloaded. OpenAI-trained weights need the ``-quickgelu`` architectures
     (``ViT-L-14-quickgelu``): a file loads silently into the wrong one, so ``check()`` warns when the
-    checkpoint's name or format shows its source and the activation disagrees.
+    checkpoint's name or format shows its source and the activation disagrees, and fails (one line, before the
+    job) when the file does not load into the architecture at all (another model's weights).
 
     Score (actor pool, model loaded once per actor in ``setup``): ``clip_score``, the cosine similarity of the
     first image's and the caption's L2-normalised embeddings, in [-1, 1]; null for a row without image or
-    caption, which the decision passes through.
+    caption, which the decision passes through. A row with several captions (a ``captions`` list, as
+    ``dedup`` leaves on the copy it keeps) has every caption scored against its image, encoded once:
+    ``clip_scores`` holds them (aligned with ``captions``), ``clip_score`` the best, and the decision makes
+    the best-scoring caption (the first of equal ones) the row's ``text``. Taking the caption in the
+    decision, from stored scores, lets ``regen-sft`` reuse them.
 
     Decision over the whole pool (reason ``clip_score_low``), at most one of:
     - ``min_clip_score``: drop scores below it (LAION-5B used 0.28 with ViT-B/32);
@@ -60,7 +65,7 @@ class ClipScore(Stage):
         self.scorer: Any = None
 
     def check(self) -> None:
-        from model.clip import ensure_arch, warn_quickgelu_mismatch
+        from model.clip import checkpoint_mismatch, ensure_arch, warn_quickgelu_mismatch
 
         p = self.params
         if not p.checkpoint:
@@ -79,6 +84,9 @@ class ClipScore(Stage):
             ensure_arch(p.arch)
         except ValueError as e:
             raise ValueError(f"arch: {e}") from None
+        problem = checkpoint_mismatch(p.arch, path)
+        if problem:
+            raise ValueError(f"arch: {problem}")
         message = warn_quickgelu_mismatch(p.arch, path)
         if message:
             warnings.warn(f"{self.name}: {message}", UserWarning, stacklevel=2)
@@ -102,20 +110,27 @@ class ClipScore(Stage):
 
         if self.scorer is None:
             self.setup()
+        n = len(batch["images"])
+        captions = batch.get("captions") or [None] * n
         images, texts, rows = [], [], []
-        for i, (imgs, text) in enumerate(zip(batch["images"], batch["text"], strict=True)):
-            if imgs and text:
+        for i, (imgs, text, caps) in enumerate(zip(batch["images"], batch["text"], captions, strict=True)):
+            options = caps or ([text] if text else [])
+            if imgs and options:
                 images.append(Image.open(io.BytesIO(bytes(imgs[0]))))
-                texts.append(text)
+                texts.append(list(options))
                 rows.append(i)
-        scores: list[float | None] = [None] * len(batch["images"])
-        if rows:
-            for i, s in zip(rows, self.scorer.score(images, texts).tolist(), strict=True):
-                scores[i] = round(float(s), 6)
-        return {"clip_score": scores}
+        best: list[float | None] = [None] * n
+        each: list[list[float] | None] = [None] * n
+        for i, sims in zip(rows, self.scorer.score_each(images, texts), strict=True):
+            each[i] = [round(float(s), 6) for s in sims]
+            best[i] = max(each[i])
+        out: Batch = {"clip_score": best}
+        if any(captions):
+            out["clip_scores"] = [e if caps else None for e, caps in zip(each, captions, strict=True)]
+        return out
 
     def score_columns(self) -> list[str]:
-        return ["clip_score"]
+        return ["clip_score", "clip_scores"]
 
     def decide_global(self, table: Batch) -> Batch:
         p = self.params
@@ -131,4 +146,9 @@ class ClipScore(Stage):
             ranked = sorted(scored, key=lambda i: (-scores[i], ids[i]))
             for i in ranked[n_keep:]:
                 reasons[i] = "clip_score_low"
-        return {"drop_reason": reasons}
+        out: Batch = {"drop_reason": reasons}
+        each = table.get("clip_scores") or [None] * len(ids)
+        if any(e is not None for e in each):  # several captions: the best-scoring one is the row's caption
+            out["text"] = [caps[e.index(max(e))] if e else text
+                           for text, caps, e in zip(table["text"], table["captions"], each, strict=True)]
+        return out

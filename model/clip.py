@@ -14,6 +14,7 @@ import re
 import tempfile
 import warnings
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,64 @@ def warn_quickgelu_mismatch(arch: str, checkpoint_path: str | Path) -> str | Non
     )
 
 
+def _random_model(arch: str, device: str = "cpu") -> Any:
+    """open_clip's ``arch`` with random weights (``pretrained=None``), built on ``device`` ("meta": shapes
+    only, no memory), without open_clip's warning that the weights are random: here that is the point."""
+    import open_clip
+    import torch
+
+    ensure_arch(arch)
+    logging.disable(logging.WARNING)
+    try:
+        with torch.device(device):
+            return open_clip.create_model(arch, pretrained=None, device=device)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def checkpoint_mismatch(arch: str, checkpoint_path: str | Path) -> str | None:
+    """Why the checkpoint file does not load into ``arch``, in one line, or None when it does.
+
+    The file goes through open_clip's own ``load_checkpoint`` (the path ``load_clip`` takes, with its key
+    conversions and position-embedding resizing) into the architecture built on the meta device, so the
+    check costs one read of the file and no model memory. Memoised per file version: the CLI and the job
+    both check."""
+    path = Path(checkpoint_path)
+    stat = path.stat()
+    return _checkpoint_mismatch(arch, str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _checkpoint_mismatch(arch: str, path: str, _size: int, _mtime_ns: int) -> str | None:
+    import open_clip
+    from open_clip.factory import load_state_dict
+
+    try:
+        model = _random_model(arch, "meta")
+    except Exception:  # an architecture that cannot be built without weights: load_clip will say what it is
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loading into meta tensors is a no-op, and says so per tensor
+            open_clip.load_checkpoint(model, path, strict=True)
+        return None
+    except Exception as e:
+        failure = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    try:
+        state = load_state_dict(path)
+    except Exception as e:
+        return f"checkpoint {Path(path).name!r} cannot be read as open_clip weights ({type(e).__name__}: {e})"[:400]
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    found = {k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    differ = [k for k in expected if k in found and found[k] != expected[k]]
+    missing = [k for k in expected if k not in found]
+    detail = [f"{len(differ)} of {len(expected)} tensors differ in shape (first: {differ[0]} is {found[differ[0]]} "
+              f"in the file, {expected[differ[0]]} in the architecture)"] if differ else []
+    detail += [f"{len(missing)} missing (first: {missing[0]})"] if missing else []
+    return (f"checkpoint {Path(path).name!r} does not fit architecture {arch!r}: "
+            f"{'; '.join(detail) or failure}; set the architecture the weights were trained as")
+
+
 class ClipScorer:
     """Batched, L2-normalised image and text embeddings of one open_clip model (eval mode, no grad)."""
 
@@ -150,8 +209,19 @@ class ClipScorer:
         """Cosine similarity of each image with its own text, in [-1, 1]."""
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
-        sims = np.einsum("ij,ij->i", self.encode_images(images), self.encode_texts(texts))
-        return np.clip(sims, -1.0, 1.0)
+        return np.concatenate([np.empty(0, dtype=np.float32), *self.score_each(images, [[t] for t in texts])])
+
+    def score_each(self, images: list[Any], texts: list[list[str]]) -> list[np.ndarray]:
+        """Cosine similarity of each image with each of its texts (several captions of one image), in
+        [-1, 1]: every image is encoded once, the texts of all images go through the text tower together."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} lists of texts")
+        if not images:
+            return []
+        counts = [len(t) for t in texts]
+        image_emb = self.encode_images(images)[np.repeat(np.arange(len(images)), counts)]
+        sims = np.clip(np.einsum("ij,ij->i", image_emb, self.encode_texts([t for ts in texts for t in ts])), -1, 1)
+        return np.split(sims, np.cumsum(counts)[:-1])
 
     @property
     def embed_dim(self) -> int:
@@ -196,20 +266,13 @@ def build_tiny_clip(path: str | Path, seed: int = 0) -> tuple[str, Path]:
     """Save a tiny randomly initialised open_clip model (``pretrained=None``) to ``path`` (.pt, .pth, .bin
     or .safetensors) and return ``(arch, path)`` to load it back with ``load_clip``. Its scores mean
     nothing; it exercises the real loading and scoring path in tests and smoke runs (~7 MB)."""
-    import open_clip
     import torch
 
     path = Path(path)
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise ValueError(f"checkpoint suffix must be one of {CHECKPOINT_SUFFIXES}, got {path.name!r}")
-    ensure_arch(TINY_CLIP_ARCH)
     torch.manual_seed(seed)
-    # open_clip warns that a pretrained=None model is random; here that is the point
-    logging.disable(logging.WARNING)
-    try:
-        model = open_clip.create_model(TINY_CLIP_ARCH, pretrained=None)
-    finally:
-        logging.disable(logging.NOTSET)
+    model = _random_model(TINY_CLIP_ARCH)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":

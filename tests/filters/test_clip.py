@@ -181,3 +181,53 @@ def test_embeddings_do_not_depend_on_batch_composition(tiny):
     texts = [f"caption number {i} about a thing" for i in range(10)]
     assert np.array_equal(scorer.encode_texts(texts),
                           np.concatenate([scorer.encode_texts(texts[:3]), scorer.encode_texts(texts[3:])]))
+
+
+def test_every_caption_of_a_row_is_scored_with_the_image_encoded_once(tiny):
+    arch, path = tiny
+    stage = ClipScore(ClipScore.Params(arch=arch, checkpoint=path, encode_batch_size=4))
+    stage.setup()
+    photo = [(DEMO_IMAGES / "rocket.jpg").read_bytes()]
+    captions = ["a rocket standing on a launchpad", "a tabby cat", "Greek coins from Pompeii", "a rocket"]
+    multi = {"id": ["0" * 16, "1" * 16], "images": [photo, batch_of(2)["images"][1]],
+             "text": [captions[0], "a facial photo of a tabby cat"], "captions": [captions, None]}
+    encoded = []
+    encode_images = stage.scorer.encode_images
+    stage.scorer.encode_images = lambda images: encoded.append(len(images)) or encode_images(images)
+    cols = stage.score(multi)
+    assert encoded == [2]  # two rows, two images: not one per caption
+    # each caption's score is bit-identical to scoring it as the only caption of a row of its own
+    alone = stage.score({"id": [f"{i:016x}" for i in range(4)], "images": [photo] * 4, "text": captions})
+    assert cols["clip_scores"][0] == alone["clip_score"]
+    assert cols["clip_score"][0] == max(alone["clip_score"]) and cols["clip_scores"][1] is None
+    assert cols["clip_score"][1] == stage.score({k: v[1:] for k, v in multi.items()})["clip_score"][0]
+    assert "clip_scores" not in stage.score({k: multi[k] for k in ("id", "images", "text")})
+
+
+def test_the_best_scoring_caption_becomes_the_text():
+    table = {
+        "id": ["0" * 16, "1" * 16, "2" * 16],
+        "text": ["a cat on a sofa", "a horse", "a red car"],
+        "captions": [["a cat on a sofa", "a rocket on its launchpad", "a white rocket"], None, ["a red car", "car"]],
+        "clip_scores": [[0.12, 0.31, 0.31], None, [0.2, 0.1]],
+        "clip_score": [0.31, 0.25, 0.2],
+    }
+    out = ClipScore(ClipScore.Params(checkpoint="x", keep_top_fraction=0.67)).decide_global(table)
+    assert out["text"] == ["a rocket on its launchpad", "a horse", "a red car"]  # ties: the first
+    assert out["drop_reason"] == [None, None, "clip_score_low"]
+    assert "text" not in ClipScore(ClipScore.Params(checkpoint="x")).decide_global(
+        {k: table[k] for k in ("id", "clip_score")})
+
+
+def test_check_refuses_a_checkpoint_of_another_architecture(tiny, tmp_path):
+    arch, path = tiny
+    ClipScore(ClipScore.Params(arch=arch, checkpoint=path)).check()  # the right one passes
+    for wrong in ("ViT-B-32", "RN50"):
+        with pytest.raises(ValueError, match="^arch: checkpoint 'tiny-clip.safetensors' does not fit "
+                                             f"architecture '{wrong}': .* tensors differ in shape") as e:
+            ClipScore(ClipScore.Params(arch=wrong, checkpoint=path)).check()
+        assert "\n" not in str(e.value) and len(str(e.value)) < 400
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="^arch: checkpoint 'garbage.pt' cannot be read as open_clip weights"):
+        ClipScore(ClipScore.Params(arch=arch, checkpoint=str(garbage))).check()

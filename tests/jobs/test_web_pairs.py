@@ -238,11 +238,21 @@ def test_recipe_runs_out_of_the_box_with_clip_off(ray_local, tmp_path):
     assert kept == {"captions.jsonl:1", "captions.jsonl:2", "captions.jsonl:3", "captions.jsonl:4"}
 
 
-def test_missing_checkpoint_stops_before_the_job_with_one_line(tmp_path):
+@pytest.mark.parametrize("problem", ["no checkpoint", "another architecture's checkpoint"])
+def test_clip_checkpoint_problem_stops_before_the_job_with_one_line(tmp_path, problem):
+    """No checkpoint, or one that does not fit the architecture (it printed 295 lines of Ray traceback after
+    the earlier steps had run): one line, exit 2, before anything runs."""
+    from model.clip import build_tiny_clip
+
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sets, expected = [], "stages.clip_score.checkpoint: "
+    if problem != "no checkpoint":
+        _, checkpoint = build_tiny_clip(tmp_path / "tiny-clip.pt")  # tiny weights under ViT-B-32
+        sets = ["--set", "stages.clip_score.arch=ViT-B-32", "--set", f"stages.clip_score.checkpoint={checkpoint}"]
+        expected = "stages.clip_score.arch: checkpoint 'tiny-clip.pt' does not fit architecture 'ViT-B-32': "
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.run", str(RECIPE.relative_to(REPO)), "-o", str(out)],
+        [sys.executable, "-m", "jobs.run", str(RECIPE.relative_to(REPO)), "-o", str(out), *sets],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -252,5 +262,45 @@ def test_missing_checkpoint_stops_before_the_job_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "stages.clip_score.checkpoint" in lines[0] and lines[0].startswith("vlcurate: "), lines[0]
+    assert lines[0].startswith(f"vlcurate: {expected}"), lines[0]
     assert not out.exists()  # nothing ran
+
+
+def test_captions_of_exact_copies_meet_on_the_kept_row_and_clip_picks_one(ray_local, tmp_path):
+    """Three byte copies of one photo with three captions (one boilerplate), in different partitions: the
+    caption filter drops the boilerplate row, dedup keeps one copy with both remaining captions, CLIP scores
+    both against the image and makes the best one the text, in the manifest and the shards."""
+    import tarfile
+
+    from model.clip import build_tiny_clip
+
+    arch, checkpoint = build_tiny_clip(tmp_path / "tiny-clip.pt")
+    rocket = str(DEMO_IMAGES / "rocket.jpg")
+    lines = [
+        {"image": rocket, "caption": "a tabby cat asleep on a sofa"},
+        {"image": str(DEMO_IMAGES / "coins.png"), "caption": "Greek coins from Pompeii"},
+        {"image": rocket, "caption": "a rocket standing on a launchpad"},
+        {"image": rocket, "caption": "IMG_1234.jpg"},
+        {"image": str(DEMO_IMAGES / "horse.png"), "caption": "a black-and-white silhouette of a horse"},
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    raw = web_pairs([f"stages.clip_score.arch={arch}", f"stages.clip_score.checkpoint={checkpoint}",
+                     "stages.clip_score.keep_top_fraction=1.0", "input.partition_rows=2"], data)
+    out = tmp_path / "out"
+    result = run(raw, out)
+    assert result.stats["stages"]["dedup"]["dropped"] == {"exact_duplicate": 1}
+    rejects = {r["source"]: r["drop_reason"] for r in pq.read_table(out / "rejects.parquet").to_pylist()}
+    assert rejects == {"data.jsonl:4": "boilerplate_caption", "data.jsonl:3": "exact_duplicate"} or \
+        rejects == {"data.jsonl:4": "boilerplate_caption", "data.jsonl:1": "exact_duplicate"}
+    manifest = {r["source"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    assert len(manifest) == 3
+    kept = next(r for r in manifest.values() if r["captions"])
+    assert sorted(kept["captions"]) == ["a rocket standing on a launchpad", "a tabby cat asleep on a sofa"]
+    assert len(kept["clip_scores"]) == 2 and kept["clip_score"] == max(kept["clip_scores"])
+    assert kept["text"] == kept["captions"][kept["clip_scores"].index(kept["clip_score"])]
+    others = [r for r in manifest.values() if r is not kept]
+    assert all(r["captions"] is None and r["clip_scores"] is None and r["clip_score"] is not None for r in others)
+    with tarfile.open(out / "shards" / kept["shard"]) as tar:
+        sample = json.load(tar.extractfile(f"{kept['id']}.json"))
+    assert sample["text"] == kept["text"] and sample["scores"]["captions"] == kept["captions"]
