@@ -9,13 +9,13 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean vllm-check
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[video,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[video,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,3 +36,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf demo_out
+
+# Not part of `make test`: a separate environment with vLLM 0.33 (which pins its own torch), checked against
+# every vLLM name and argument model/backends/vllm_llm.py uses. Needs Linux x86_64; vLLM's CUDA build.
+VLLM_VENV := .venv-vllm
+vllm-check:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet 'vllm==0.33.0' pillow
+	PYTHONPATH=. $(VLLM_VENV)/bin/python tests/gpu/vllm_check.py

@@ -19,17 +19,29 @@ from filters.base import Stage
 from formatters.builders import BUILDERS, BuildConfig, message_text, options_for
 from formatters.qwen import image_grid
 from formatters.tokens import tokenize_caption, tokenize_chat
+from model.tokenizer import NAME as BUILTIN_TOKENIZER
+from model.tokenizer import ensure_built, qwen_tokenizer
 from pipeline.recipe import FormatSpec
 from pipeline.storage import is_remote
 
 MERGE = 2  # spatial merge: tokens = t * (h / 2) * (w / 2) of the 14-px patch grid
 
 
+def is_builtin(path: str | None) -> bool:
+    """Whether ``format.tokenizer`` names the built-in tokenizer: null or ``qwen2.5-vl`` (unless a local
+    directory of that name exists, which wins)."""
+    return path in (None, "", BUILTIN_TOKENIZER) and not (path and os.path.isdir(path))
+
+
 @functools.lru_cache(maxsize=4)
-def load_tokenizer(path: str) -> Any:
-    """``AutoTokenizer.from_pretrained`` on a local directory, once per process."""
+def load_tokenizer(path: str | None) -> Any:
+    """The recipe's ``format.tokenizer``, once per process: a local tokenizer / model directory when one
+    exists at ``path``, else for null or ``qwen2.5-vl`` the built-in Qwen2.5-VL tokenizer (model.tokenizer),
+    else ``AutoTokenizer.from_pretrained(path)``."""
     from transformers import AutoTokenizer
 
+    if is_builtin(path):
+        return qwen_tokenizer()
     return AutoTokenizer.from_pretrained(path)
 
 
@@ -57,9 +69,12 @@ class Format(Stage):
 
     def check(self) -> None:
         path = self.params.tokenizer
-        if not path:
-            raise ValueError("tokenizer: required (a local tokenizer or model directory)")
-        if not is_remote(path) and not os.path.isdir(path):
+        if is_builtin(path):
+            ensure_built()  # once, here, before the workers load it
+            return
+        if is_remote(path):
+            return
+        if not os.path.isdir(path):
             raise ValueError(f"tokenizer: not found: {path}")
 
     def setup(self) -> None:

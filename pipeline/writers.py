@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.format_stage import load_tokenizer
 from pipeline.readers import Partition
 from pipeline.recipe import Recipe
 from pipeline.schema import (
@@ -185,9 +186,7 @@ def token_ids_for(recipe: Recipe) -> dict[str, int]:
     ids = {"vision_start_token_id": 151652, "image_token_id": 151655, "video_token_id": 151656}
     fmt = recipe.model.format
     if fmt is not None and fmt.tokenizer:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(fmt.tokenizer)
+        tok = load_tokenizer(fmt.tokenizer)
         for key, token in (("vision_start_token_id", "<|vision_start|>"), ("image_token_id", "<|image_pad|>"),
                            ("video_token_id", "<|video_pad|>")):
             ids[key] = int(tok.convert_tokens_to_ids(token))

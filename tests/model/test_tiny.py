@@ -44,7 +44,8 @@ def test_config_ids_come_from_tokenizer(loaded: tuple) -> None:
     assert model.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>") == 151655
     assert model.config.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>") == 151656
     assert model.config.vision_start_token_id == tok.convert_tokens_to_ids("<|vision_start|>") == 151652
-    assert model.config.text_config.vocab_size >= len(tok) == 151657
+    assert model.config.text_config.vocab_size == 151936 and len(tok) == 151665
+    assert model.get_input_embeddings().weight.shape == (151936, 64)
     assert tok.eos_token_id == 151645 and tok.pad_token_id == 151643
 
 
