@@ -304,3 +304,10 @@ def test_captions_of_exact_copies_meet_on_the_kept_row_and_clip_picks_one(ray_lo
     with tarfile.open(out / "shards" / kept["shard"]) as tar:
         sample = json.load(tar.extractfile(f"{kept['id']}.json"))
     assert sample["text"] == kept["text"] and sample["scores"]["captions"] == kept["captions"]
+    # regen-sft takes every caption's stored score (the other partitions have no clip_scores column) and
+    # picks the same caption without the model
+    raw["stages"]["clip_score"]["keep_top_fraction"] = 0.99
+    regen = run_job(parse_recipe(raw), str(tmp_path / "regen"), log=lambda m: None, reuse_from=str(out))
+    assert regen.stats["stages"]["clip_score"]["scores_reused"] == 3
+    again = {r["source"]: r for r in pq.read_table(tmp_path / "regen" / "manifest.parquet").to_pylist()}
+    assert again == {k: {**r, "shard": again[k]["shard"]} for k, r in manifest.items()}
