@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 
@@ -22,8 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="override any recipe key, e.g. --set stages.image_check.min_side_px=64")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
-    run.add_argument("--overwrite", action="store_true", help="delete OUT's earlier job first (default: "
-                     "resume a job of the same recipe and input, refuse another)")
+    run.add_argument("--overwrite", action="store_true", help="delete OUT's earlier job first, only what a job "
+                     "wrote (default: resume a job of the same recipe and input, refuse another)")
+    run.add_argument("--keep-work", action="store_true", help="keep all of OUT/_work after success (default: "
+                     "drop the image bytes only a resume needs; ids and scores stay for regen-sft)")
     run.add_argument("--allow-empty", action="store_true", help="run even when the input holds no record "
                      "(default: an empty input is an error, exit 2)")
 
@@ -48,15 +51,26 @@ def _parser() -> argparse.ArgumentParser:
                        help="override recipe keys, e.g. --set stages.clip_score.keep_top_fraction=0.2")
     regen.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     regen.add_argument("--overwrite", action="store_true", help="delete NEW_OUT's earlier job first")
+    regen.add_argument("--keep-work", action="store_true", help="keep all of NEW_OUT/_work after success")
 
     rep = sub.add_parser("report", help="write OUT/report.html: funnel, drop reasons, score histograms, packing")
     rep.add_argument("out", help="job output folder")
     return p
 
 
+def safe_environment() -> None:
+    """Defaults a user would otherwise export by hand: never reach a model hub (models are local paths), no
+    usage reporting, and, for a local Ray, one auth mode for the head and this driver. A value the user set
+    wins; under `ray job submit` (RAY_ADDRESS set) the cluster's auth settings are left alone."""
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("RAY_USAGE_STATS_ENABLED", "0")):
+        os.environ.setdefault(key, value)
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    safe_environment()
     if args.command == "run":
         return _run(args)
     if args.command == "inspect":
@@ -68,19 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "regen-sft":
         return _regen(args)
     return 2
-
-
-def _clear(out: str) -> None:
-    """Delete an earlier job's folder; never a folder that is not one."""
-    from pipeline.recipe import RecipeError
-    from pipeline.storage import Store
-
-    store = Store(out)
-    if not store.exists():
-        return
-    if not store.exists("_work", "job_identity.json") and store.list():
-        raise RecipeError(f"--overwrite: {out} is not a vlcurate job folder; not deleting it")
-    store.delete_dir()
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -98,8 +99,7 @@ def _report(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pipeline.recipe import load_recipe
 
-    return _execute(lambda: load_recipe(args.recipe, args.sets, args.input), args.out, args.num_cpus,
-                    overwrite=args.overwrite, allow_empty=args.allow_empty)
+    return _execute(lambda: load_recipe(args.recipe, args.sets, args.input), args)
 
 
 def _regen(args: argparse.Namespace) -> int:
@@ -121,45 +121,72 @@ def _regen(args: argparse.Namespace) -> int:
             set_dotted(raw, assignment)
         return parse_recipe(raw)
 
-    return _execute(load, args.new_out, args.num_cpus, reuse_from=args.out, overwrite=args.overwrite)
+    return _execute(load, args, out=args.new_out, reuse_from=args.out)
 
 
-def _execute(load_recipe: Any, out: str, num_cpus: int | None, reuse_from: str | None = None,
-             overwrite: bool = False, allow_empty: bool = False) -> int:
-    from pipeline.ray_env import RayEnvError, start_ray
-    from pipeline.readers import check_input, reader_for
+def _execute(load_recipe: Any, args: argparse.Namespace, out: str | None = None,
+             reuse_from: str | None = None) -> int:
+    """Everything that can be refused is checked before Ray starts: the recipe, the input, the stages'
+    model files and the output folder. Then the job runs; Ctrl-C is one line, and a rerun resumes."""
+    from pipeline import outdir
+    from pipeline.ray_env import RayEnvError, check_output_location
+    from pipeline.readers import check_input, fingerprint, reader_for
     from pipeline.recipe import RecipeError, check_stages
+    from pipeline.storage import Store
+    from pipeline.writers import job_identity
 
+    out = out or args.out
     try:
         recipe = load_recipe()
-        parts = reader_for(recipe.input).plan(recipe.input)  # a missing input fails here, before Ray starts
-        check_input(recipe, parts, allow_empty=allow_empty)
+        check_output_location(out)
+        parts = reader_for(recipe.input).plan(recipe.input)  # a missing input fails here
+        check_input(recipe, parts, allow_empty=getattr(args, "allow_empty", False))
         if reuse_from is None:
             check_stages(recipe)
-        if overwrite:
-            if os.environ.get("RAY_ADDRESS") and not os.path.isabs(out) and "://" not in out:
-                raise RayEnvError(f"-o {out}: a relative output path on a cluster is refused (see --help)")
-            _clear(out)
-        started = start_ray(out, num_cpus=num_cpus)
+        inputs = fingerprint(recipe.input, parts)
+        outdir.claim(Store(out), job_identity(recipe, parts, inputs), overwrite=args.overwrite)
+        result = _run_on_ray(recipe, out, args, reuse_from=reuse_from, parts=parts, inputs=inputs)
     except (RecipeError, RayEnvError) as e:
         print(f"vlcurate: {e}", file=sys.stderr)
         return 2
-    try:
-        from pipeline.runner import run_job
-
-        result = run_job(recipe, out, log=lambda m: print(m, flush=True), reuse_from=reuse_from, parts=parts)
-    except RecipeError as e:
-        print(f"vlcurate: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+    except KeyboardInterrupt:
+        print(f"vlcurate: interrupted; rerun the same command to resume (finished work in {out} is kept)",
+              file=sys.stderr)
+        return 130
     from jobs.summary import print_summary
 
     print_summary(result.out, result.stats)
     return 0
+
+
+def _run_on_ray(recipe: Any, out: str, args: argparse.Namespace, **job: Any) -> Any:
+    """Start (or join) Ray, run the job, stop a Ray we started. Ray's native messages go to a file, named
+    when the job fails for another reason than a recipe problem or Ctrl-C."""
+    from pipeline.ray_env import RayEnvError, native_stderr_to, start_ray
+    from pipeline.recipe import RecipeError
+
+    messages = os.path.join(tempfile.gettempdir(), f"vlcurate-ray-{os.getpid()}.log")
+    started = False
+    try:
+        with native_stderr_to(messages):
+            try:
+                started = start_ray(num_cpus=args.num_cpus)
+                from pipeline.runner import run_job
+
+                result = run_job(recipe, out, log=lambda m: print(m, flush=True), keep_work=args.keep_work, **job)
+            finally:
+                if started:
+                    import ray
+
+                    ray.shutdown()
+    except (RecipeError, RayEnvError, KeyboardInterrupt):
+        raise
+    except BaseException:
+        print(f"vlcurate: the job failed; Ray's own messages are in {messages}", file=sys.stderr)
+        raise
+    if os.path.exists(messages):
+        os.remove(messages)
+    return result
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ class Recipe:
         for stage in out["stages"].values():
             stage.pop("actors", None)
         out["output"].pop("exports", None)
+        out["stage_order"] = list(out["stages"])  # the identity is compared as sorted JSON: keep the order
         return out
 
     def resolved(self) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 
 from filters.base import Stage
-from pipeline import readers
-from pipeline.recipe import Recipe, RecipeError, parse_recipe
+from pipeline import outdir, readers
+from pipeline.recipe import Recipe, RecipeError, check_stages, parse_recipe
 from pipeline.schema import (
     HEAVY_COLUMNS,
     JSON_COLUMNS,
@@ -417,8 +417,8 @@ def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_c
     ctx.print_on_execution_start = False
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if actor:
-        ds = ds.map_batches(fn, batch_size=1, concurrency=actors, num_cpus=num_cpus, num_gpus=num_gpus or None,
-                            fn_constructor_kwargs=kwargs)
+        ds = ds.map_batches(fn, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=num_cpus,
+                            num_gpus=num_gpus or None, fn_constructor_kwargs=kwargs)
     else:
         ds = ds.map_batches(fn, batch_size=1, num_cpus=num_cpus, fn_kwargs=kwargs)
     try:
@@ -466,30 +466,29 @@ class JobResult:
 
 
 def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None = None,
-            parts: list[readers.Partition] | None = None) -> JobResult:
+            parts: list[readers.Partition] | None = None, inputs: list[dict[str, Any]] | None = None,
+            keep_work: bool = False) -> JobResult:
     """Run a whole job into OUT; Ray must be initialised (jobs.run does that). With `reuse_from` (an earlier
-    job's folder), model stages take the scores that job computed instead of running the model."""
+    job's folder), model stages take the scores that job computed instead of running the model. `parts` and
+    `inputs` (the plan and the input fingerprint) are passed by the CLI, which computes them before Ray
+    starts. A job that already finished in OUT is not run again."""
     from pipeline import writers
-    from pipeline.recipe import check_stages
 
     t_start = time.perf_counter()
+    store = Store(out)
+    spec = recipe.input
+    if parts is None:
+        parts = readers.reader_for(spec).plan(spec)
+    if inputs is None:
+        inputs = readers.fingerprint(spec, parts)  # read once: resume identity and job.json
+    outdir.claim(store, writers.job_identity(recipe, parts, inputs))
+    if outdir.is_complete(store):
+        log(f"[vlcurate] {out} already holds this finished job: nothing to do")
+        return JobResult(out, json.loads(store.read_bytes("stats.json")), len(parts))
     reuse = reusable_scores(recipe, reuse_from) if reuse_from else {}
     for key in reuse:
         log(f"[vlcurate] {key}: reusing scores from {reuse_from}")
     check_stages(recipe, skip=set(reuse))
-    store = Store(out)
-    spec = recipe.input
-    reader = readers.reader_for(spec)
-    if parts is None:  # the CLI plans before starting Ray (a missing input fails fast) and passes them on
-        parts = reader.plan(spec)
-    inputs = readers.fingerprint(spec, parts)  # read once: resume identity and job.json
-    identity = writers.job_identity(recipe, parts, inputs)
-    if store.exists(WORK, "job_identity.json"):
-        if store.read_bytes(WORK, "job_identity.json") != identity:
-            raise RecipeError(f"-o {out}: this folder holds a job with another recipe or input; "
-                              "choose a new output folder or pass --overwrite")
-    else:
-        store.write_bytes(identity, WORK, "job_identity.json")
     removed = store.remove_temporary()
     if removed:
         log(f"[vlcurate] removed {removed} half-written file(s) of an interrupted run")
@@ -531,6 +530,7 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
     assert prev is not None
     writers.write_outputs(recipe, store, parts, inputs, prev, stats, log=log)
     stats_doc = writers.write_stats(store, recipe, stats, parts, skipped, time.perf_counter() - t_start)
+    stats_doc = outdir.finish(store, [s.name for s in steps], keep_work, stats_doc)
     return JobResult(out, stats_doc, skipped)
 
 

@@ -130,3 +130,18 @@ class Store:
     def delete_dir(self, *parts: str) -> None:
         if self.exists(*parts):
             self.fs.delete_dir(self.path(*parts))
+
+    def delete_entry(self, *parts: str) -> None:
+        """A file or a folder, whichever it is."""
+        info = self.fs.get_file_info(self.path(*parts))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(info.path)
+        elif info.type != pafs.FileType.NotFound:
+            self.fs.delete_file(info.path)
+
+    def size(self, *parts: str) -> int:
+        """Bytes of all files under a folder (0 when it does not exist)."""
+        if not self.exists(*parts):
+            return 0
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts), recursive=True))
+        return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)

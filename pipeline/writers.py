@@ -274,7 +274,8 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: 
     job = {"recipe": recipe.resolved(), "versions": versions(), "input": inputs,
            "input_path": input_location(recipe.input.path), "partitions": len(parts),
            "buckets": recipe.model.output.buckets, "final_step": step}
-    store.write_bytes(json.dumps(job, indent=2, sort_keys=True).encode(), "job.json")
+    # not sort_keys: the stages mapping is the run order, and regen-sft reads it back
+    store.write_bytes(json.dumps(job, indent=2).encode(), "job.json")
     if recipe.model.output.exports:
         from pipeline.exports import export_all
 

@@ -48,11 +48,12 @@ def test_bad_recipe_is_one_line_exit_2(tmp_path, recipe, message):
 
 
 def test_relative_output_on_a_cluster_is_an_error(monkeypatch):
-    from pipeline.ray_env import RayEnvError, start_ray
+    from pipeline.ray_env import RayEnvError, check_output_location
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     with pytest.raises(RayEnvError, match="relative output path"):
-        start_ray("relative/out")
+        check_output_location("relative/out")
+    check_output_location("/abs/out")
 
 
 @pytest.fixture(scope="module")

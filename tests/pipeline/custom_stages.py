@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 
 from filters.base import Params, Stage
 
@@ -51,9 +52,25 @@ class SlowLog(Stage):
     Params = SlowLogParams
 
     def score(self, batch):
-        import time
-
         time.sleep(self.params.seconds)
         with open(self.params.log, "a") as f:
             f.write("".join(f"{i}\n" for i in batch["id"]))
         return {}
+
+
+class NapParams(Params):
+    seconds: float = 1.0
+
+
+class Nap(Stage):
+    """Map: keeps every row after sleeping `seconds` per batch (a job slow enough to interrupt)."""
+
+    kind = "map"
+    Params = NapParams
+
+    def score(self, batch):
+        time.sleep(self.params.seconds)
+        return {}
+
+    def decide(self, batch):
+        return [None] * len(batch["id"])

@@ -1,0 +1,171 @@
+"""What a new user hits in the first hour (issue 8): the output folder is theirs, regen-sft reruns the same
+pipeline, a loaded machine still starts Ray, Ctrl-C is one line, normal output is vlcurate's own, `_work/`
+shrinks after success."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import main
+from model.clip import build_tiny_clip
+from model.tiny import build_tiny_tokenizer
+from pipeline.recipe import load_recipe
+from pipeline.runner import run_job
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = str(REPO / "jobs/recipes/demo.yaml")
+DEMO_INPUT = f"input.path={REPO / 'jobs/demo_data/captions.jsonl'}"
+
+
+def bare_env() -> dict[str, str]:
+    """What a new user's shell has: no HF_HUB_OFFLINE, no RAY_AUTH_MODE, nothing of ours."""
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+
+
+def no_ray(monkeypatch) -> None:
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started before the output folder was checked")
+
+    monkeypatch.setattr("pipeline.ray_env.start_ray", refuse)
+
+
+# ---- 1. the output folder belongs to the user unless it holds a job ------------------------------------
+
+
+def test_a_non_empty_folder_that_is_not_a_job_is_refused_before_ray(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    no_ray(monkeypatch)
+    for extra in ([], ["--overwrite"]):
+        assert main(["run", DEMO, "-o", str(out), "--set", DEMO_INPUT, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not empty and holds no vlcurate job" in err[0]
+        assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]  # nothing written, nothing deleted
+
+
+@pytest.mark.slow
+def test_overwrite_deletes_only_what_a_job_wrote(ray_local, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", DEMO, "-o", str(out), "--set", DEMO_INPUT]) == 0
+    (out / "my_notes.txt").write_text("keep me")
+    (out / "shards" / "stray.txt").write_text("inside a job entry: goes with it")
+    assert main(["run", DEMO, "-o", str(out), "--set", DEMO_INPUT, "--overwrite"]) == 0
+    assert (out / "my_notes.txt").read_text() == "keep me"
+    assert not (out / "shards" / "stray.txt").exists()
+    assert json.loads((out / "stats.json").read_text())["kept"] == 4
+    # another recipe into the same folder: refused, one line
+    capsys.readouterr()
+    assert main(["run", DEMO, "-o", str(out), "--set", DEMO_INPUT, "--set", "stages.caption_check.min_chars=9"]) == 2
+    assert "another recipe or input" in capsys.readouterr().err
+
+
+# ---- 2. regen-sft runs the recipe's stages in the recipe's order ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    arch, ckpt = build_tiny_clip(base / "clip.pt")
+    return {"tokenizer": build_tiny_tokenizer(base / "tok"), "arch": arch, "clip": str(ckpt)}
+
+
+RECIPES = sorted(p.name for p in (REPO / "jobs/recipes").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPES)
+def test_regen_with_no_change_gives_the_same_manifest(ray_local, tmp_path, monkeypatch, models, name):
+    monkeypatch.chdir(REPO)  # recipe paths are relative to where the command runs
+    raw_yaml = (REPO / "jobs/recipes" / name).read_text()
+    sets = []
+    if "format:" in raw_yaml:
+        sets.append(f"format.tokenizer={models['tokenizer']}")
+    if "clip_score:" in raw_yaml:
+        sets += [f"stages.clip_score.checkpoint={models['clip']}", f"stages.clip_score.arch={models['arch']}"]
+    recipe = load_recipe(str(REPO / "jobs/recipes" / name), sets)
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_job(recipe, str(first), log=lambda m: None)
+    job = json.loads((first / "job.json").read_text())
+    assert list(job["recipe"]["stages"]) == [s.key for s in recipe.stages if s.section is None]
+    assert main(["regen-sft", str(first), "-o", str(second)]) == 0
+    a, b = (pq.read_table(d / "manifest.parquet").to_pylist() for d in (first, second))
+    assert a == b and a, name
+    ra, rb = (pq.read_table(d / "rejects.parquet").to_pylist() for d in (first, second))
+    assert ra == rb
+
+
+# ---- 11. after success `_work/` keeps ids and scores, not image bytes -----------------------------------
+
+
+@pytest.mark.slow
+def test_work_is_stripped_after_success_and_a_rerun_does_nothing(ray_local, tmp_path, capsys):
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    assert main(["run", DEMO, "-o", str(out), "--set", DEMO_INPUT]) == 0
+    assert main(["run", DEMO, "-o", str(kept), "--set", DEMO_INPUT, "--keep-work"]) == 0
+    stats = json.loads((out / "stats.json").read_text())["work"]
+    assert stats["cleaned"] and stats["bytes_kept"] < stats["bytes_at_end_of_job"]
+    assert not (out / "_work" / "buckets").exists() and (kept / "_work" / "buckets").exists()
+    for f in (out / "_work").rglob("*.parquet"):
+        names = pq.read_schema(f).names
+        assert "images" not in names and "id" in names
+    assert any("images" in pq.read_schema(f).names for f in (kept / "_work").rglob("*.parquet"))
+    shards = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    capsys.readouterr()
+    assert main(["run", DEMO, "-o", str(out), "--set", DEMO_INPUT]) == 0  # the same command again
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == shards
+
+
+# ---- 7, 9, 10. a loaded machine, a bare environment, and only vlcurate's own lines ----------------------
+
+
+@pytest.mark.slow
+def test_a_loaded_machine_starts_ray_and_prints_only_our_lines(tmp_path, models):
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:  # the web-pairs recipe: map and global stages, and a model stage on an actor pool
+        proc = subprocess.run([sys.executable, "-m", "jobs.run", "jobs/recipes/web_pairs.yaml", "-o", str(tmp_path / "o"),
+                               "--set", f"stages.clip_score.checkpoint={models['clip']}",
+                               "--set", f"stages.clip_score.arch={models['arch']}"],
+                              cwd=REPO, env=bare_env(), capture_output=True, text=True, timeout=600)
+    finally:
+        for b in burners:
+            b.kill()
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    foreign = [ln for ln in lines if not (ln.startswith(("[vlcurate]", "vlcurate:")) or ln.startswith(" "))]
+    assert not foreign, foreign  # no Ray deprecation warnings, no core-worker errors
+    assert "records in: 11" in proc.stdout
+
+
+# ---- 8. Ctrl-C is one line ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
+    recipe = tmp_path / "slow.yaml"
+    recipe.write_text(f"input: {{path: {REPO / 'jobs/demo_data/captions.jsonl'}, partition_rows: 4}}\n"
+                      "stages:\n  image_check: {}\n  nap: {use: 'tests.pipeline.custom_stages:Nap', seconds: 60}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.run", str(recipe), "-o", str(tmp_path / "o")], cwd=REPO,
+                            env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait until the job runs its steps
+        if line.startswith("[vlcurate] step") or time.time() > deadline:
+            break
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and "interrupted; rerun the same command to resume" in lines[-1]
+    assert "Traceback" not in err and len(lines) <= 3, err[-2000:]
