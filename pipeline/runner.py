@@ -482,6 +482,9 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
     if inputs is None:
         inputs = readers.fingerprint(spec, parts)  # read once: resume identity and job.json
     outdir.claim(store, writers.job_identity(recipe, parts, inputs))
+    removed = store.remove_temporary()
+    if removed:
+        log(f"[vlcurate] removed {removed} half-written file(s) of an interrupted run")
     if outdir.is_complete(store):
         log(f"[vlcurate] {out} already holds this finished job: nothing to do")
         return JobResult(out, json.loads(store.read_bytes("stats.json")), len(parts))
@@ -489,9 +492,6 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
     for key in reuse:
         log(f"[vlcurate] {key}: reusing scores from {reuse_from}")
     check_stages(recipe, skip=set(reuse))
-    removed = store.remove_temporary()
-    if removed:
-        log(f"[vlcurate] removed {removed} half-written file(s) of an interrupted run")
     steps = plan_steps(recipe)
     stats: dict[str, dict[str, Any]] = {"read": {}}
     for spec_ in recipe.stages:
