@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write OUT/report.html: funnel, drop reasons, score histograms, packing")
     rep.add_argument("out", help="job output folder")
+
+    tiny = sub.add_parser("make-tiny-model", help="write the tiny random Qwen2.5-VL (real tokenizer) for tests",
+                          description="Write a tiny randomly initialised Qwen2.5-VL with the real Qwen2.5-VL "
+                          "tokenizer, processor and chat template into DIR, a normal model directory.")
+    tiny.add_argument("dir", help="output directory (replaced if present)")
     return p
 
 
@@ -81,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args)
     if args.command == "regen-sft":
         return _regen(args)
+    if args.command == "make-tiny-model":
+        from model.tiny import build_tiny_qwen25vl
+
+        print(f"vlcurate: wrote {build_tiny_qwen25vl(args.dir)}")
+        return 0
     return 2
 
 

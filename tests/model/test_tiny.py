@@ -15,6 +15,7 @@ from PIL import Image  # noqa: E402
 
 from formatters.qwen import image_grid, image_tokens  # noqa: E402
 from formatters.rope import mrope_position_ids, text_position_row  # noqa: E402
+from model.backends import Item  # noqa: E402
 from model.tiny import build_tiny_qwen25vl, build_tiny_tokenizer  # noqa: E402
 
 
@@ -127,3 +128,16 @@ def test_builders_overwrite(tmp_path: Path) -> None:
     build_tiny_tokenizer(target)
     tok = AutoTokenizer.from_pretrained(target)
     assert tok.convert_tokens_to_ids("<|video_pad|>") == 151656
+
+
+def test_make_tiny_model_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`vlcurate make-tiny-model DIR` writes a normal model directory that the backends load."""
+    from jobs.cli import main
+    from model.backends import load_backend
+
+    assert main(["make-tiny-model", str(tmp_path / "m")]) == 0
+    assert capsys.readouterr().out.strip() == f"vlcurate: wrote {tmp_path / 'm'}"
+    backend = load_backend("transformers", str(tmp_path / "m"), device="cpu")
+    assert len(backend.tokenizer) == 151665 and backend.model.config.text_config.vocab_size == 151936
+    (score,) = backend.score_yes_no([Item(images=[Image.new("RGB", (56, 56))], prompt="A cat? Answer yes or no.")])
+    assert 0 < score.p_yes < 1
