@@ -154,3 +154,25 @@ def test_formatted_samples_match_the_processor(tok: Any, builder: str) -> None:
         images = [Image.open(io.BytesIO(b)) for b in c["images"]]
         ids = processor(text=[text], images=images, return_tensors="np")["input_ids"][0].tolist()
         assert c["n_tokens"] == len(ids) and c["input_ids"] == ids
+
+
+def test_every_recipe_formats_with_the_builtin_tokenizer(tok: Any) -> None:
+    """No recipe in jobs/recipes needs `--set format.tokenizer=`: null and `qwen2.5-vl` mean the built-in."""
+    from pipeline.format_stage import Format, load_tokenizer
+    from pipeline.recipe import load_recipe
+
+    repo = Path(__file__).resolve().parents[2]
+    formatted = []
+    for recipe_path in sorted((repo / "jobs" / "recipes").glob("*.yaml")):
+        if load_recipe(str(recipe_path)).model.format is None:
+            continue
+        for sets in ([], ["format.tokenizer=qwen2.5-vl"]):
+            spec = load_recipe(str(recipe_path), sets).stages[-1]
+            assert spec.key == "format" and spec.params.tokenizer in (None, "qwen2.5-vl")
+            fmt = spec.build()
+            assert isinstance(fmt, Format)
+            fmt.check()
+            fmt.setup()
+            assert fmt.tokenizer is tok and load_tokenizer(spec.params.tokenizer) is tok
+        formatted.append(recipe_path.stem)
+    assert {"grounding", "ocr", "vqa", "video"} <= set(formatted), formatted
