@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from filters.base import Batch, Params, Stage
+from filters.pool import best_captions, pool_cut
 
 CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 
@@ -134,21 +134,9 @@ class ClipScore(Stage):
 
     def decide_global(self, table: Batch) -> Batch:
         p = self.params
-        ids, scores = list(table["id"]), list(table["clip_score"])
-        reasons: list[str | None] = [None] * len(ids)
-        scored = [i for i, s in enumerate(scores) if s is not None and not math.isnan(s)]
-        if p.min_clip_score is not None:
-            for i in scored:
-                if scores[i] < p.min_clip_score:
-                    reasons[i] = "clip_score_low"
-        elif p.keep_top_fraction is not None:
-            n_keep = math.floor(p.keep_top_fraction * len(scored) + 0.5)
-            ranked = sorted(scored, key=lambda i: (-scores[i], ids[i]))
-            for i in ranked[n_keep:]:
-                reasons[i] = "clip_score_low"
-        out: Batch = {"drop_reason": reasons}
-        each = table.get("clip_scores") or [None] * len(ids)
+        out: Batch = {"drop_reason": pool_cut(table["id"], table["clip_score"], "clip_score_low",
+                                              min_score=p.min_clip_score, keep_top_fraction=p.keep_top_fraction)}
+        each = table.get("clip_scores") or [None] * len(table["id"])
         if any(e is not None for e in each):  # several captions: the best-scoring one is the row's caption
-            out["text"] = [caps[e.index(max(e))] if e else text
-                           for text, caps, e in zip(table["text"], table["captions"], each, strict=True)]
+            out["text"] = best_captions(table["text"], table["captions"], each)
         return out

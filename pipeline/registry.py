@@ -7,6 +7,7 @@ from filters.caption import CaptionCheck
 from filters.clip import ClipScore
 from filters.dedup import Dedup
 from filters.image import ImageCheck
+from filters.relevance import Relevance
 from filters.text import CaptionText
 
 STAGES: dict[str, type[Stage]] = {
@@ -15,4 +16,5 @@ STAGES: dict[str, type[Stage]] = {
     "caption_text": CaptionText,
     "dedup": Dedup,
     "clip_score": ClipScore,
+    "relevance": Relevance,
 }
