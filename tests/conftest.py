@@ -7,6 +7,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# no per-example deadline: a loaded CI machine makes wall-clock limits fail at random (never a timed test)
+settings.register_profile("vlcurate", deadline=None)
+settings.load_profile("vlcurate")
 
 
 @pytest.fixture(scope="session")
