@@ -160,6 +160,7 @@ def _serve() -> None:
     def parsed(s: str) -> list:
         return parse(f"\\boxed{{{s}}}", parsing_timeout=None)  # type: ignore[arg-type]
 
+    verify(parsed("1/2"), parsed("0.5"), timeout_seconds=None)  # type: ignore[arg-type]  # lazy imports, now
     out = sys.stdout
     out.write("ready\n")
     out.flush()
