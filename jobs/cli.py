@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--packs", action="store_true", help="show fill per pack and the fill distribution")
     ins.add_argument("--render", metavar="DIR", help="also write the shown samples' images to DIR")
     ins.add_argument("--json", action="store_true", help="one JSON object per line")
+    ins.add_argument("--candidates", action="store_true", help="a chain-of-thought job: one prompt's candidates "
+                     "with their verdicts (--id: a prompt or candidate id)")
     regen = sub.add_parser("regen-sft", help="rerun a finished job with other selection rules, reusing its "
                            "model scores (no GPU needed when only decisions change)",
                            description="Rerun OUT's recipe (job.json) with --set overrides into NEW_OUT. Model "
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     safe_environment()
     if args.command == "run":
         return _run(args)
+    if args.command == "inspect" and args.candidates:
+        from pipeline.candidates import show
+
+        return show(args.out, args.row_id, as_json=args.json)
     if args.command == "inspect":
         from jobs.inspect import inspect_job
 

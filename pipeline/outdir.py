@@ -19,7 +19,7 @@ IDENTITY = "job_identity.json"
 COMPLETE = "complete.json"
 # everything a job writes at the top of its folder; `--overwrite` deletes these and nothing else
 JOB_ENTRIES = ("shards", "packs", "exports", "manifest.parquet", "rejects.parquet", "packs.parquet",
-               "candidates.parquet", "stats.json", "job.json", "report.html", WORK)
+               "candidates.parquet", "dpo", "stats.json", "job.json", "report.html", WORK)
 # the parts of `_work/` only a resume of an unfinished job reads (image bytes on their way to the shards)
 RESUME_ONLY = ("buckets", "packbuckets", "keep")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from filters.base import Stage
 from filters.caption import CaptionCheck
 from filters.clip import ClipScore
+from filters.cot import CotGenerate, CotQuality, CotSelect, CotVerify, CotVisual
 from filters.dedup import Dedup
 from filters.image import ImageCheck
 from filters.relevance import Relevance
@@ -17,4 +18,9 @@ STAGES: dict[str, type[Stage]] = {
     "dedup": Dedup,
     "clip_score": ClipScore,
     "relevance": Relevance,
+    "cot_generate": CotGenerate,
+    "cot_verify": CotVerify,
+    "cot_quality": CotQuality,
+    "cot_visual": CotVisual,
+    "cot_select": CotSelect,
 }

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from filters.base import Stage
-from pipeline import outdir, readers
+from pipeline import candidates, outdir, readers
 from pipeline.recipe import Recipe, RecipeError, check_stages, parse_recipe
 from pipeline.schema import (
     HEAVY_COLUMNS,
@@ -240,7 +240,9 @@ class StepWorker:
         for op in self.step.ops:
             if op.kind in ("map", "score", "expand"):
                 stage = self.recipe.stages[op.stage_index].build()
-                if op.key in reuse:
+                if op.key in reuse and op.kind == "expand":  # frozen chain-of-thought candidates
+                    stage = candidates.FrozenCandidates(stage, reuse[op.key])
+                elif op.key in reuse:
                     stage = ReusedScores(stage, load_scores(reuse[op.key], stage.score_columns()))
                 else:
                     stage.setup()
@@ -488,9 +490,9 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
     if outdir.is_complete(store):
         log(f"[vlcurate] {out} already holds this finished job: nothing to do")
         return JobResult(out, json.loads(store.read_bytes("stats.json")), len(parts))
-    reuse = reusable_scores(recipe, reuse_from) if reuse_from else {}
+    reuse = {**reusable_scores(recipe, reuse_from), **candidates.reusable(recipe, reuse_from)} if reuse_from else {}
     for key in reuse:
-        log(f"[vlcurate] {key}: reusing scores from {reuse_from}")
+        log(f"[vlcurate] {key}: reusing {'candidates' if 'candidates' in reuse[key] else 'scores'} from {reuse_from}")
     check_stages(recipe, skip=set(reuse))
     steps = plan_steps(recipe)
     stats: dict[str, dict[str, Any]] = {"read": {}}
@@ -529,6 +531,7 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
         prev = step.name
     assert prev is not None
     writers.write_outputs(recipe, store, parts, inputs, prev, stats, log=log)
+    candidates.write(recipe, store, steps, log=log)
     stats_doc = writers.write_stats(store, recipe, stats, parts, skipped, time.perf_counter() - t_start)
     stats_doc = outdir.finish(store, [s.name for s in steps], keep_work, stats_doc)
     return JobResult(out, stats_doc, skipped)
