@@ -214,3 +214,12 @@ def test_humaneval_canonical_solutions_pass_and_mutants_fail():
     survived = [r["task_id"] for r, run in zip(rows, mutants, strict=True) if run.passed]
     assert survived == []
     print(f"HumanEval: 328 sandboxed runs in {elapsed:.1f}s")
+
+
+def test_every_visible_mount_is_read_only_but_tmp_and_shm():
+    program = "for line in open('/proc/self/mountinfo'):\n    f = line.split()\n    print(f[4], f[5].split(',')[0])"
+    run = run_code(program, timeout_s=10)
+    assert run.status == "ok", run.stderr
+    top = dict(line.split() for line in run.stdout.splitlines())  # the last mount on a path is the visible one
+    assert {path for path, mode in top.items() if mode == "rw"} == {"/tmp", "/dev/shm"}
+    assert top["/"] == "ro"
