@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	rm -rf demo_out
+	rm -rf demo_out demo_out_ocr
 	$(PY) -m jobs.run jobs/recipes/demo.yaml -o demo_out
+	$(PY) -m jobs.run jobs/recipes/ocr.yaml -o demo_out_ocr
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -35,7 +36,7 @@ bench: $(STAMP)
 	$(PY) tests/bench/bench_pack.py
 
 clean:
-	rm -rf demo_out
+	rm -rf demo_out demo_out_ocr
 
 # Not part of `make test`: a separate environment with vLLM 0.33 (which pins its own torch), checked against
 # every vLLM name and argument model/backends/vllm_llm.py uses. Needs Linux x86_64; vLLM's CUDA build.
