@@ -118,7 +118,10 @@ def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, 
                 total += len(chunk)
                 if total > cap:
                     return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), True, False
-    proc.wait(max(0.1, deadline - time.monotonic()))
+    try:
+        proc.wait(max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:  # streams closed, but the run did not end in time
+        return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), False, True
     return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), False, False
 
 

@@ -223,3 +223,8 @@ def test_every_visible_mount_is_read_only_but_tmp_and_shm():
     top = dict(line.split() for line in run.stdout.splitlines())  # the last mount on a path is the visible one
     assert {path for path, mode in top.items() if mode == "rw"} == {"/tmp", "/dev/shm"}
     assert top["/"] == "ro"
+
+
+def test_closing_its_output_and_sleeping_is_still_a_timeout():
+    run = run_code("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(3600)", timeout_s=2)
+    check_status(run, 2, "timeout")
