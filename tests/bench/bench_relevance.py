@@ -90,7 +90,7 @@ def model_speed(model: str, device: str, rows: int) -> None:
 
 def overlap(rows: int) -> float:
     data = batch(photos(rows))
-    model_batch = 8
+    model_batch = 4
     calls = -(-rows // model_batch)
     name = "tests.bench.bench_relevance:Sleeping"
 
