@@ -172,6 +172,10 @@ def _execute(load_recipe: Any, args: argparse.Namespace, out: str | None = None,
     from jobs.summary import print_summary
 
     print_summary(result.out, result.stats)
+    if recipe.model.output.report:
+        from jobs.report import build_report
+
+        print(f"  report: {build_report(out)}")
     return 0
 
 

@@ -37,6 +37,8 @@ def _sample_from_shard(out: str, shard: str, key: str) -> dict[str, Any]:
             sample["json"] = json.loads(entry)
         elif suffix.split(".")[-1] in IMAGE_SUFFIXES:  # not the .npy token arrays
             sample["images"].append((suffix, entry))
+    # entries are in name order ("10.jpg" before "2.jpg"): the images' order is their index
+    sample["images"].sort(key=lambda e: int(e[0].split(".")[0]) if e[0].split(".")[0].isdigit() else 0)
     return sample
 
 
@@ -82,8 +84,44 @@ def inspect_job(args: argparse.Namespace) -> int:
                 print(f"vlcurate: no rejects with reason {args.reason!r} (present: {', '.join(reasons)})",
                       file=sys.stderr)
                 return 1
+        if args.render:
+            _contact_sheets(args, rows)
         return _show(args, rows[: args.n], "rejected")
     return _show(args, manifest.to_pylist()[: args.n], "kept")
+
+
+def _detail(row: dict[str, Any]) -> str | None:
+    meta = json.loads(row["meta"]) if row.get("meta") else {}
+    return meta.get("error") or meta.get("image_error")
+
+
+def _contact_sheets(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """One PNG per drop reason, DIR/rejected-STAGE-REASON.png: up to N rows of that reason (those with a kept
+    thumbnail first, in the job's choice order), each tile its thumbnail, id, source, reason and detail."""
+    from formatters.draw import contact_sheet
+    from pipeline import thumbs
+    from pipeline.storage import Store
+
+    kept = thumbs.load(Store(args.out))
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["drop_stage"], row["drop_reason"]), []).append(row)
+    os.makedirs(args.render, exist_ok=True)
+    for (stage, reason), members in sorted(groups.items()):
+        pictures = {t["id"]: t["thumb"] for t in kept.get((stage, reason), [])}
+        ordered = [r for r in members if r["id"] in pictures]
+        ordered.sort(key=lambda r: thumbs.rank(r["id"]))
+        ordered += [r for r in members if r["id"] not in pictures]
+        tiles = []
+        for row in ordered[: max(args.n, len(pictures))]:
+            lines = [row["id"], str(row["source"])[-36:], f"{stage}: {reason}"]
+            if _detail(row):
+                lines.append(str(_detail(row))[:80])
+            tiles.append((pictures.get(row["id"]), lines))
+        sheet = contact_sheet(tiles, f"{reason} (stage {stage}): {len(members)} row(s), {len(tiles)} shown")
+        path = os.path.join(args.render, f"rejected-{stage}-{reason}.png")
+        sheet.save(path)
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def _show(args: argparse.Namespace, rows: list[dict[str, Any]], kind: str) -> int:
@@ -99,14 +137,10 @@ def _show(args: argparse.Namespace, rows: list[dict[str, Any]], kind: str) -> in
             if js.get("messages"):
                 doc["messages"] = js["messages"]
             if args.render:
-                os.makedirs(args.render, exist_ok=True)
-                for suffix, data in sample["images"]:
-                    with open(os.path.join(args.render, f"{row['id']}.{suffix}"), "wb") as f:
-                        f.write(data)
+                doc["rendered"] = _render_kept(args.render, row, js, [data for _, data in sample["images"]])
         else:
             doc["drop_stage"], doc["drop_reason"] = row["drop_stage"], row["drop_reason"]
-            meta = json.loads(row["meta"]) if row.get("meta") else {}
-            detail = meta.get("error") or meta.get("image_error")
+            detail = _detail(row)
             if detail:
                 doc["detail"] = detail
         doc["scores"] = _scores(row)
@@ -117,6 +151,17 @@ def _show(args: argparse.Namespace, rows: list[dict[str, Any]], kind: str) -> in
     if not rows and not args.json:
         print(f"(no {kind} rows)")
     return 0
+
+
+def _render_kept(folder: str, row: dict[str, Any], doc: dict[str, Any], images: list[bytes]) -> str:
+    """DIR/ID.png: the sample's image(s) with its boxes, quads and points drawn, or its video frames, and the
+    conversation under them (formatters.draw.render_sample)."""
+    from formatters.draw import render_sample
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{row['id']}.png")
+    render_sample(doc, images, header=f"{row['id']}  {row['source']}").save(path)
+    return path
 
 
 def _print_human(doc: dict[str, Any]) -> None:
@@ -131,6 +176,8 @@ def _print_human(doc: dict[str, Any]) -> None:
         print(f"  images: {', '.join(doc['image_sizes'])}  ({doc['shard']})")
     if doc.get("detail"):
         print(f"  detail: {doc['detail']}")
+    if doc.get("rendered"):
+        print(f"  render: {doc['rendered']}")
     if doc.get("messages"):
         print(f"  messages: {json.dumps(doc['messages'], ensure_ascii=False)[:300]}")
     if doc["scores"]:

@@ -1,36 +1,237 @@
-"""`vlcurate report OUT`: one self-contained HTML page (OUT/report.html) with the funnel, the drop reasons,
-score histograms, token lengths and pack fill. Plain HTML + inline SVG, no plotting library."""
+"""`vlcurate report OUT`: one self-contained HTML page (OUT/report.html, images embedded, no network).
+
+It shows the funnel per stage; per score column the distribution of every scored row, kept and dropped
+stacked, with the recipe's threshold (or the cut a top fraction made) marked; example thumbnails at low,
+median and high values; a few examples per drop reason; caption lengths; pack fill; the run's metadata.
+Plain HTML + inline SVG, no plotting library, no script.
+
+Thresholds are read from job.json's recipe: a numeric stage parameter ``min_S`` / ``max_S`` marks the score
+column named ``S`` or ending in ``_S`` (``min_clip_score`` -> ``clip_score``, ``min_words`` ->
+``caption_words``, ``max_tokens`` -> ``n_tokens``); a stage's ``keep_top_fraction`` marks, on the column its
+``min_`` parameter names, the lowest value that passed the stage. Thumbnails of dropped rows are the ones the
+runner kept (pipeline/thumbs.py); kept rows' come from their shards.
+"""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
-import math
 from typing import Any
 
 import numpy as np
 
-STYLE = """body{font:14px system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}
-td:first-child,th:first-child{text-align:left}.bar{fill:#4878a8}.drop{fill:#c8553d}h2{margin-top:1.6em}
-.hists{display:flex;flex-wrap:wrap;gap:18px}.hist{font-size:12px}code{background:#f3f3f3;padding:1px 4px}"""
+from formatters.draw import thumbnail
+from pipeline import thumbs
+from pipeline.storage import Store
+from pipeline.tar import iter_entries
+
+STYLE = """body{font:14px system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right;
+vertical-align:top}td:first-child,th:first-child{text-align:left}.bar{fill:#4878a8}.drop{fill:#e8a33d}
+.cut{stroke:#ff00ff;stroke-width:2}h2{margin-top:1.6em}.hists{display:flex;flex-wrap:wrap;gap:22px}
+.hist{font-size:12px;width:340px}.ex{display:flex;gap:6px;margin-top:4px}.ex figure{margin:0;width:108px;font-size:11px}
+.ex img{width:108px;height:81px;object-fit:contain;background:#eee}.thumbs{display:flex;flex-wrap:wrap;gap:6px}
+.thumbs figure{margin:0;width:128px;font-size:11px;overflow-wrap:anywhere}.thumbs img{width:128px;height:96px;
+object-fit:contain;background:#eee}code,pre{background:#f3f3f3;padding:1px 4px}pre{max-height:320px;overflow:auto}
+.key span{display:inline-block;width:10px;height:10px;margin:0 3px 0 10px}"""
+NOT_PLOTTED = {"id", "parent_id", "shard", "key", "source", "text", "drop_stage", "drop_reason", "meta", "sha256",
+               "phash", "phashes", "duplicate_of", "captions", "pack_shard", "pack_pos", "pack_id"}
+QUANTILES = (("low", 0.02), ("median", 0.5), ("high", 0.98))
+WIDTH, HEIGHT = 320, 110
 
 
-def histogram_svg(values: list[float], title: str, bins: int = 24, width: int = 320, height: int = 120) -> str:
-    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if arr.size == 0:
+def plotted(name: str, dtype: Any) -> bool:
+    """Whether a column is a score to plot: numeric (not bool), not a hash, id or placement column."""
+    import pyarrow as pa
+
+    if name in NOT_PLOTTED or name.endswith(("_id", "_ids")) or "hash" in name or "sha" in name:
+        return False
+    return pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
+
+
+def _finite(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        arr = values.astype(float)
+    else:
+        arr = np.asarray([v for v in values if v is not None], dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def histogram_svg(kept: list[Any], dropped: list[Any], title: str, markers: list[tuple[float, str]] = (),
+                  bins: int = 30) -> str:
+    """Kept and dropped values stacked in one histogram over their common range, each marker a vertical
+    line (class ``cut``) at its value; the axis range is in the svg's ``data-lo`` / ``data-hi``."""
+    k, d = _finite(kept), _finite(dropped)
+    both = np.concatenate([k, d])
+    if both.size == 0:
         return ""
-    lo, hi = float(arr.min()), float(arr.max())
-    counts, edges = np.histogram(arr, bins=bins, range=(lo, hi if hi > lo else lo + 1))
-    peak = max(int(counts.max()), 1)
-    w = width / bins
-    bars = "".join(
-        f'<rect class="bar" x="{i * w:.1f}" y="{height - c / peak * height:.1f}" width="{w - 1:.1f}" '
-        f'height="{c / peak * height:.1f}"><title>{edges[i]:.4g}–{edges[i + 1]:.4g}: {c}</title></rect>'
-        for i, c in enumerate(counts))
-    return (f'<div class="hist"><b>{html.escape(title)}</b> (n={arr.size}, median {np.median(arr):.4g})<br>'
-            f'<svg width="{width}" height="{height + 14}">{bars}<text x="0" y="{height + 12}">{lo:.4g}</text>'
-            f'<text x="{width}" y="{height + 12}" text-anchor="end">{hi:.4g}</text></svg></div>')
+    lo, hi = float(both.min()), float(both.max())
+    for value, _ in markers:
+        lo, hi = min(lo, value), max(hi, value)
+    integer = bool(np.all(both == np.round(both))) and hi - lo < bins
+    if integer:  # one bar per integer value
+        lo, hi = lo - 0.5, hi + 0.5
+        bins = int(hi - lo)
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    ck, _ = np.histogram(k, bins=edges)
+    cd, _ = np.histogram(d, bins=edges)
+    peak = max(int((ck + cd).max()), 1)
+    w = WIDTH / bins
+
+    def x(v: float) -> float:
+        return (v - lo) / (hi - lo) * WIDTH
+
+    rects = []
+    for i in range(bins):
+        hk, hd = ck[i] / peak * HEIGHT, cd[i] / peak * HEIGHT
+        tip = f"<title>{_fmt(edges[i])}–{_fmt(edges[i + 1])}: {ck[i]} kept, {cd[i]} dropped</title>"
+        if ck[i]:
+            rects.append(f'<rect class="bar" x="{i * w:.2f}" y="{HEIGHT - hk:.2f}" width="{max(w - 1, 0.5):.2f}" '
+                         f'height="{hk:.2f}">{tip}</rect>')
+        if cd[i]:
+            rects.append(f'<rect class="drop" x="{i * w:.2f}" y="{HEIGHT - hk - hd:.2f}" '
+                         f'width="{max(w - 1, 0.5):.2f}" height="{hd:.2f}">{tip}</rect>')
+    lines = "".join(f'<line class="cut" data-value="{value!r}" x1="{x(value):.2f}" x2="{x(value):.2f}" y1="0" '
+                    f'y2="{HEIGHT}"><title>{html.escape(label)}</title></line>' for value, label in markers)
+    cuts = "; ".join(html.escape(label) for _, label in markers)
+    return (f'<b>{html.escape(title)}</b> n={both.size} ({k.size} kept, {d.size} dropped), median '
+            f'{_fmt(float(np.median(both)))}' + (f'<br><span style="color:#b0b">cut: {cuts}</span>' if cuts else "")
+            + f'<br><svg class="histogram" data-column="{html.escape(title)}" data-lo="{lo!r}" data-hi="{hi!r}" '
+            f'width="{WIDTH}" height="{HEIGHT + 14}" style="display:block">{"".join(rects)}{lines}'
+            f'<text x="0" y="{HEIGHT + 12}">{_fmt(lo if not integer else lo + 0.5)}</text>'
+            f'<text x="{WIDTH}" y="{HEIGHT + 12}" text-anchor="end">{_fmt(hi if not integer else hi - 0.5)}</text>'
+            "</svg>")
+
+
+def _stage_params(recipe: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The recipe's stages (and its format / pack sections) that ran, by key, with their parameters."""
+    out = {k: v for k, v in (recipe.get("stages") or {}).items() if isinstance(v, dict) and v.get("enabled", True)}
+    for section in ("format", "pack"):
+        if isinstance(recipe.get(section), dict):
+            out[section] = recipe[section]
+    return out
+
+
+def thresholds(recipe: dict[str, Any], columns: list[str]) -> dict[str, list[tuple[str, str, float | None]]]:
+    """column -> [(stage, parameter, value)]: the recipe's numeric ``min_`` / ``max_`` parameters on that
+    column, and ``keep_top_fraction`` (value None: the cut is measured) on the column its ``min_`` names."""
+    out: dict[str, list[tuple[str, str, float | None]]] = {}
+    for stage, params in _stage_params(recipe).items():
+        for name, value in params.items():
+            if not name.startswith(("min_", "max_")) or name.endswith(("_pixels", "_px")):
+                continue
+            stem = name[4:]
+            for col in columns:
+                if col == stem or col.endswith("_" + stem):
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        out.setdefault(col, []).append((stage, name, float(value)))
+                    elif value is None and params.get("keep_top_fraction") is not None:
+                        out.setdefault(col, []).append((stage, f"keep_top_fraction={params['keep_top_fraction']}",
+                                                        None))
+    return out
+
+
+def _img(data: bytes | None, alt: str) -> str:
+    if not data:
+        return '<div style="width:100%;height:81px;background:#eee;font-size:11px">no image kept</div>'
+    return f'<img alt="{html.escape(alt)}" src="data:image/jpeg;base64,{base64.b64encode(data).decode()}">'
+
+
+def _kept_thumbs(store: Store, wanted: dict[str, str]) -> dict[str, bytes]:
+    """id -> thumbnail of its first image, for kept rows {id: shard}; each shard is read once."""
+    by_shard: dict[str, set[str]] = {}
+    for row_id, shard in wanted.items():
+        if shard:
+            by_shard.setdefault(shard, set()).add(row_id)
+    out: dict[str, bytes] = {}
+    for shard, ids in sorted(by_shard.items()):
+        try:
+            for key, suffix, data in iter_entries(store.read_bytes("shards", shard)):
+                if key in ids and key not in out and suffix.split(".")[0] == "0" and not suffix.endswith("npy"):
+                    thumb = thumbnail(data, thumbs.PX)
+                    if thumb:
+                        out[key] = thumb
+        except OSError:
+            continue
+    return out
+
+
+class Rows:
+    """The kept and dropped rows (read once); score columns as float arrays, NaN where missing."""
+
+    def __init__(self, manifest: Any, rejects: Any) -> None:
+        self.manifest, self.rejects = manifest, rejects
+        self.kept = {c: manifest[c].to_pylist() for c in ("id", "text", "shard") if c in manifest.column_names}
+        self.dropped = {c: rejects[c].to_pylist() for c in ("id", "text", "source", "drop_stage", "drop_reason",
+                                                             "meta") if c in rejects.column_names}
+        self.types = {**{f.name: f.type for f in rejects.schema}, **{f.name: f.type for f in manifest.schema}}
+
+    @staticmethod
+    def _values(table: Any, name: str) -> np.ndarray:
+        if name not in table.column_names:
+            return np.full(table.num_rows, np.nan)
+        return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=float)
+
+    def column(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._values(self.manifest, name), self._values(self.rejects, name)
+
+
+def _examples(rows: Rows, picks: list[tuple[str, str, float, str | None, str]], dropped_thumbs: dict[str, bytes],
+              kept_thumbs: dict[str, bytes]) -> str:
+    figs = []
+    for label, row_id, value, text, status in picks:
+        thumb = kept_thumbs.get(row_id) if status == "kept" else dropped_thumbs.get(row_id)
+        figs.append(f"<figure>{_img(thumb, row_id)}<figcaption><b>{label}</b> {_fmt(value)} ({status})<br>"
+                    f"{html.escape((text or '')[:70])}</figcaption></figure>")
+    return f'<div class="ex">{"".join(figs)}</div>' if figs else ""
+
+
+def _example_rows(rows: Rows, kept: np.ndarray, dropped: np.ndarray,
+                  dropped_thumbs: dict[str, bytes]) -> list[tuple[str, str, float, str | None, str]]:
+    """(label, id, value, text, kept/dropped) nearest to the low / median / high quantile of the column, among
+    the rows whose picture can be shown (kept rows, dropped rows with a kept thumbnail)."""
+    values = np.concatenate([kept[np.isfinite(kept)], dropped[np.isfinite(dropped)]])
+    if values.size == 0:
+        return []
+    shown = np.array([i in dropped_thumbs for i in rows.dropped["id"]], dtype=bool) if dropped_thumbs else \
+        np.zeros(len(dropped), dtype=bool)
+    pools = (("kept", kept, rows.kept), ("dropped", np.where(shown, dropped, np.nan), rows.dropped))
+    out, seen = [], set()
+    for label, q in QUANTILES:
+        target = float(np.quantile(values, q))
+        best = None
+        for status, arr, cols in pools:
+            dist = np.abs(arr - target)
+            if np.isfinite(dist).any():
+                j = int(np.nanargmin(dist))
+                if best is None or dist[j] < best[0]:
+                    best = (float(dist[j]), cols["id"][j], float(arr[j]), cols["text"][j], status)
+        if best is not None and best[1] not in seen:
+            seen.add(best[1])
+            out.append((label, *best[1:]))
+    return out
+
+
+def _cut_markers(rows: Rows, col: str, marks: list[tuple[str, str, float | None]]) -> list[tuple[float, str]]:
+    out = []
+    for stage, param, value in marks:
+        if value is not None:
+            out.append((value, f"{stage}.{param} = {_fmt(value)}"))
+            continue
+        kept, dropped = rows.column(col)
+        other = np.array([s != stage for s in rows.dropped["drop_stage"]], dtype=bool)
+        passed = _finite(np.concatenate([kept, dropped[other]]))
+        if passed.size:
+            cut = float(passed.min())
+            out.append((cut, f"{stage}.{param}: lowest value kept {_fmt(cut)}"))
+    return out
 
 
 def _funnel(stats: dict[str, Any]) -> str:
@@ -41,48 +242,104 @@ def _funnel(stats: dict[str, Any]) -> str:
             continue
         dropped = ", ".join(f"{r} {n}" for r, n in sorted(st.get("dropped", {}).items(), key=lambda kv: -kv[1]))
         kept = st.get("kept", 0)
-        bar = f'<svg width="200" height="12"><rect class="bar" width="{200 * kept / first:.1f}" height="12"/></svg>'
+        bar = f'<svg width="200" height="12"><rect class="bar" width="{200 * min(kept / first, 1):.1f}" height="12"/></svg>'
         extra = f" → {st['samples']} samples" if "samples" in st else ""
+        seconds = st.get("seconds", 0) + st.get("decide_seconds", 0)
         rows.append(f"<tr><td>{html.escape(key)}</td><td>{st['in']}</td><td>{kept}{extra}</td><td>{bar}</td>"
-                    f"<td style='text-align:left'>{html.escape(dropped)}</td><td>{st.get('seconds', 0):.2f}</td></tr>")
-    return ("<table><tr><th>stage</th><th>in</th><th>kept</th><th></th><th>dropped by reason</th><th>s</th></tr>"
-            + "".join(rows) + "</table>")
+                    f"<td style='text-align:left'>{html.escape(dropped)}</td><td>{seconds:.2f}</td></tr>")
+    return ("<table><tr><th>stage</th><th>in</th><th>kept</th><th></th><th>dropped by reason</th>"
+            "<th>s (all workers)</th></tr>" + "".join(rows) + "</table>")
+
+
+def _reasons(stats: dict[str, Any], rows: Rows, kept_by_reason: dict[tuple[str, str], list[dict]]) -> str:
+    parts = ["<table><tr><th>reason</th><th>rows</th><th>stage</th><th style='text-align:left'>examples</th></tr>"]
+    detail: dict[str, str] = {}
+    for i, m in zip(rows.dropped["id"], rows.dropped["meta"], strict=True):
+        try:
+            meta = json.loads(m) if m else {}
+        except ValueError:
+            meta = {}
+        if meta.get("error") or meta.get("image_error"):
+            detail[i] = str(meta.get("error") or meta.get("image_error"))
+    source = dict(zip(rows.dropped["id"], rows.dropped["source"], strict=True))
+    first_of: dict[str, list[str]] = {}
+    stage_of: dict[str, str] = {}
+    for i, r, s in zip(rows.dropped["id"], rows.dropped["drop_reason"], rows.dropped["drop_stage"], strict=True):
+        stage_of.setdefault(r, s)
+        if len(first_of.setdefault(r, [])) < 3:
+            first_of[r].append(i)
+    for reason, n in stats.get("rejected_by_reason", {}).items():
+        stage = stage_of.get(reason)
+        pictures = kept_by_reason.get((stage, reason), [])[:6]
+        ids = [p["id"] for p in pictures] or first_of.get(reason, [])
+        thumbs_of = {p["id"]: p["thumb"] for p in pictures}
+        figs = "".join(
+            f"<figure>{_img(thumbs_of.get(i), i) if pictures else ''}<figcaption>{html.escape(str(source.get(i))[-40:])}"
+            + (f"<br><i>{html.escape(detail[i][:90])}</i>" if i in detail else "") + "</figcaption></figure>"
+            for i in ids)
+        parts.append(f"<tr><td>{html.escape(reason)}</td><td>{n}</td><td>{html.escape(str(stage))}</td>"
+                     f"<td style='text-align:left'><div class=thumbs>{figs}</div></td></tr>")
+    return "".join(parts) + "</table>"
+
+
+def _metadata(job: dict[str, Any], stats: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in (job.get("versions") or {}).items())
+    return (f"<p>input <code>{html.escape(str(job.get('input_path')))}</code>, {job.get('partitions')} partition(s), "
+            f"{stats.get('partitions_resumed', 0)} partition-step(s) resumed, {stats.get('wall_seconds', 0):.1f} s "
+            f"wall.</p><p>versions: {html.escape(versions)}</p><details><summary>recipe (resolved, from job.json)"
+            f"</summary><pre>{html.escape(json.dumps(job.get('recipe'), indent=2))}</pre></details>")
+
+
+def _read_json(store: Store, name: str) -> dict[str, Any]:
+    return json.loads(store.read_bytes(name)) if store.exists(name) else {}
 
 
 def build_report(out: str) -> str:
+    """Write OUT/report.html and return its path. Raises FileNotFoundError when OUT is not a finished job."""
     import pyarrow.parquet as pq
 
-    from pipeline.storage import Store
-
     store = Store(out)
+    for name in ("stats.json", "manifest.parquet", "rejects.parquet"):
+        if not store.exists(name):
+            raise FileNotFoundError(name)
     stats = json.loads(store.read_bytes("stats.json"))
-    manifest = pq.read_table(store.path("manifest.parquet"), filesystem=store.fs)
-    rejects = pq.read_table(store.path("rejects.parquet"), filesystem=store.fs)
-    parts = [f"<!doctype html><meta charset=utf-8><title>vlcurate report</title><style>{STYLE}</style>",
+    job = _read_json(store, "job.json")
+    rows = Rows(pq.read_table(store.path("manifest.parquet"), filesystem=store.fs),
+                pq.read_table(store.path("rejects.parquet"), filesystem=store.fs))
+    kept_by_reason = thumbs.load(store)
+    dropped_thumbs = {t["id"]: t["thumb"] for group in kept_by_reason.values() for t in group}
+    columns = [c for c, t in rows.types.items() if plotted(c, t)]
+    marks = thresholds(job.get("recipe") or {}, columns)
+    # which kept rows are shown as examples: read their shards once
+    picks = {col: _example_rows(rows, *rows.column(col), dropped_thumbs) for col in columns}
+    shard_of = dict(zip(rows.kept["id"], rows.kept["shard"], strict=True))
+    kept_thumbs = _kept_thumbs(store, {p[1]: shard_of[p[1]] for ps in picks.values() for p in ps if p[4] == "kept"})
+
+    parts = [f"<!doctype html><html lang=en><meta charset=utf-8><title>vlcurate report</title><style>{STYLE}</style>",
              f"<h1>vlcurate report</h1><p><code>{html.escape(out)}</code>: {stats['records_in']} records in, "
-             f"{stats['kept']} kept, {stats['rejected']} rejected, {stats['wall_seconds']:.1f} s.</p>",
-             "<h2>Funnel</h2>", _funnel(stats), "<h2>Drop reasons</h2><table><tr><th>reason</th><th>rows</th>"
-             "<th>stage</th><th>example</th></tr>"]
-    rej = rejects.select(["drop_reason", "drop_stage", "source"]).to_pylist()
-    for reason, n in stats.get("rejected_by_reason", {}).items():
-        ex = next((r for r in rej if r["drop_reason"] == reason), {})
-        parts.append(f"<tr><td>{html.escape(reason)}</td><td>{n}</td><td>{html.escape(str(ex.get('drop_stage')))}</td>"
-                     f"<td style='text-align:left'>{html.escape(str(ex.get('source')))}</td></tr>")
-    parts.append("</table><h2>Scores of kept samples</h2><div class=hists>")
-    skip = {"id", "parent_id", "shard", "key", "source", "text", "pack_shard", "pack_pos"}
-    for name in manifest.column_names:
-        col = manifest[name]
-        if name in skip or not (col.type.num_fields == 0 and str(col.type) in ("int64", "double", "int32", "float")):
-            continue
-        parts.append(histogram_svg(col.to_pylist(), name))
-    parts.append("</div>")
+             f"{stats['kept']} kept, {stats['rejected']} rejected.</p>",
+             "<h2>Funnel</h2>", _funnel(stats), "<h2>Drop reasons</h2>", _reasons(stats, rows, kept_by_reason),
+             '<h2>Scores</h2><p class=key>every scored row:<span class=bar style="background:#4878a8"></span>kept'
+             '<span style="background:#e8a33d"></span>dropped (at any stage)<span style="background:#ff00ff;width:3px">'
+             "</span>the recipe's cut</p><div class=hists>"]
+    for col in columns:
+        kept, dropped = rows.column(col)
+        svg = histogram_svg(kept, dropped, col, _cut_markers(rows, col, marks.get(col, [])))
+        if svg:
+            parts.append(f'<div class="hist">{svg}{_examples(rows, picks[col], dropped_thumbs, kept_thumbs)}</div>')
+    parts.append("</div><h2>Caption length</h2><div class=hists><div class=hist>")
+    parts.append(histogram_svg([len(t) if t else 0 for t in rows.kept["text"]],
+                               [len(t) if t else 0 for t in rows.dropped["text"]], "caption characters"))
+    parts.append("</div></div>")
     if store.exists("packs.parquet"):
         packs = pq.read_table(store.path("packs.parquet"), filesystem=store.fs)
-        summary = stats.get("stages", {}).get("pack", {}).get("summary", {})
+        summary = (stats.get("stages", {}).get("pack") or {}).get("summary") or {}
         parts.append(f"<h2>Packing</h2><p>{packs.num_rows} packs, fill {summary.get('fill', 0):.4%}, "
-                     f"lower bound {summary.get('lower_bound_packs')} packs.</p><div class=hists>"
-                     + histogram_svg(packs["fill"].to_pylist(), "fill per pack")
-                     + histogram_svg([len(m) for m in packs["members"].to_pylist()], "members per pack") + "</div>")
+                     f"lower bound {summary.get('lower_bound_packs')} packs.</p><div class=hists><div class=hist>"
+                     + histogram_svg(packs["fill"].to_pylist(), [], "fill per pack") + "</div><div class=hist>"
+                     + histogram_svg([len(m) for m in packs["members"].to_pylist()], [], "members per pack")
+                     + "</div></div>")
+    parts.append("<h2>Run</h2>" + _metadata(job, stats) + "</html>")
     page = "\n".join(p for p in parts if p)
     store.write_bytes(page.encode("utf-8"), "report.html")
     return store.path("report.html")

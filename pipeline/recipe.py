@@ -69,6 +69,7 @@ class OutputSpec(Section):
     buckets: PositiveInt = 16
     shard_bytes: ByteSize | None = None
     exports: list[Literal["llamafactory", "swift", "qwen"]] = Field(default_factory=list)
+    report: bool = True  # write OUT/report.html when the job ends (jobs/report.py)
 
 
 class RecipeModel(Section):
@@ -118,6 +119,7 @@ class Recipe:
         for stage in out["stages"].values():
             stage.pop("actors", None)
         out["output"].pop("exports", None)
+        out["output"].pop("report", None)
         out["stage_order"] = list(out["stages"])  # the identity is compared as sorted JSON: keep the order
         return out
 

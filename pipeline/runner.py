@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from filters.base import Stage
-from pipeline import candidates, outdir, readers
+from pipeline import candidates, outdir, readers, thumbs
 from pipeline.recipe import Recipe, RecipeError, check_stages, parse_recipe
 from pipeline.schema import (
     HEAVY_COLUMNS,
@@ -113,6 +113,7 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 def _drop(row: dict[str, Any], stage: str, reason: str) -> None:
     row["drop_stage"], row["drop_reason"] = stage, reason
+    thumbs.stash(row)  # a capped sample of dropped rows keeps a thumbnail (pipeline/thumbs.py)
     row["images"] = []
 
 
@@ -292,6 +293,7 @@ class StepWorker:
             if op.kind == "score":  # counted when the decision is applied, in the next step
                 stat = {k: stat[k] for k in ("seconds", "scores_reused") if k in stat}
             stats[op.key] = stat
+        thumbs.save(self.store, self.step.name, part.name, rows, self.recipe.model.output.buckets)
         if self.step.ops[-1].kind == "scatter" or self.last:
             # after the scatter, and after the last step, nothing reads image bytes or tokens from here
             rows = [{k: v for k, v in r.items() if k not in HEAVY_COLUMNS} for r in rows]
