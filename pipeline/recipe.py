@@ -68,7 +68,7 @@ class PackSpec(Section):
 class OutputSpec(Section):
     buckets: PositiveInt = 16
     shard_bytes: ByteSize | None = None
-    exports: list[Literal["llamafactory", "swift", "qwen"]] = Field(default_factory=list)
+    exports: list[Literal["llamafactory", "swift", "qwen", "hf"]] = Field(default_factory=list)
     report: bool = True  # write OUT/report.html when the job ends (jobs/report.py)
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
 from formatters.builders import message_text
@@ -49,7 +53,8 @@ ROWS = {
     "grounding": {"id": "g", "images": [png(640, 428)], "annotations": {"width": 640, "height": 428, "objects": [
         {"bbox": [146, 137, 615, 415], "category": "cat", "category_id": 17, "ann_id": 1, "iscrowd": 0},
         {"bbox": [10, 10, 100, 90], "category": "cup", "category_id": 47, "ann_id": 2, "iscrowd": 0},
-        {"bbox": [200, 10, 300, 90], "category": "cup", "category_id": 47, "ann_id": 3, "iscrowd": 0}]},
+        {"bbox": [200, 10, 300, 90], "category": "cup", "category_id": 47, "ann_id": 3, "iscrowd": 0},
+        {"bbox": [500, 300, 640, 428], "category": "dog", "category_id": 18, "ann_id": 4, "iscrowd": 0}]},
         "meta": {}},
     "ocr": {"id": "o", "images": [jpeg(1280, 720)], "annotations": {"width": 1280, "height": 720, "texts": [
         {"quad": [377, 117, 463, 117, 465, 130, 378, 130], "text": "Genaxis Theatre", "ignore": False},
@@ -92,8 +97,8 @@ def job(tmp_path_factory, tokenizer_dir):
     return out, rows, summaries
 
 
-def lines(out: Path, trainer: str) -> list[dict]:
-    text = (out / "exports" / trainer / "data.jsonl").read_text(encoding="utf-8")
+def lines(out: Path, trainer: str, name: str = "data.jsonl") -> list[dict]:
+    text = (out / "exports" / trainer / name).read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -112,23 +117,31 @@ def test_shards_read_back_in_order(job) -> None:
         assert doc["id"] == key and [d for _, d in images] == row["images"]
 
 
-@pytest.mark.parametrize("trainer", TRAINERS)
+SKIPS = {"llamafactory": {"llamafactory_pt_stage_has_no_images": 1},
+         "swift": {"swift_video_frames_resized_to_56px_multiples": 1},  # 644x364 frames
+         "qwen": {"video_frames_unsupported": 1}}  # the official loader takes a video as one file only
+
+
+def all_records(out: Path, trainer: str) -> list[dict]:
+    folder = out / "exports" / trainer
+    return [r for name in json.loads((folder / "export.json").read_text())["data"] for r in lines(out, trainer, name)]
+
+
+@pytest.mark.parametrize("trainer", ["llamafactory", "swift", "qwen"])
 def test_each_export_parses_references_files_and_counts_match(job, trainer: str) -> None:
     out, rows, summaries = job
     manifest = pq.read_table(out / "manifest.parquet")
-    records = lines(out, trainer)
+    records = all_records(out, trainer)
     summary = json.loads((out / "exports" / trainer / "export.json").read_text())
     assert summary == summaries[trainer]
     skipped = sum(summary["skipped"].values())
     assert len(records) + skipped == manifest.num_rows == len(rows) and summary["samples"] == len(records)
-    assert skipped == (1 if trainer == "qwen" else 0)  # the official loader takes a video as one file only
+    assert summary["skipped"] == SKIPS[trainer]
     folder = out / "exports" / trainer
     for record in records:
         for p in media_paths(trainer, record):
-            path = Path(p) if Path(p).is_absolute() else folder / p
-            assert path.is_file(), p
-            Image.open(path).verify()
-            assert Path(p).is_absolute() == (trainer == "swift")
+            assert not Path(p).is_absolute() and (folder / p).is_file(), p
+            Image.open(folder / p).verify()
         if trainer == "qwen":
             turns = record["conversations"]
             assert [t["from"] for t in turns] == ["human", "gpt"]
@@ -144,7 +157,7 @@ def test_each_export_parses_references_files_and_counts_match(job, trainer: str)
 
 
 def test_llamafactory_format(job) -> None:
-    out, _, _ = job
+    out, rows, _ = job
     info = json.loads((out / "exports" / "llamafactory" / "dataset_info.json").read_text())
     assert info["vlcurate"]["formatting"] == "sharegpt" and info["vlcurate"]["file_name"] == "data.jsonl"
     assert info["vlcurate"]["columns"] == {"messages": "messages", "images": "images", "videos": "videos"}
@@ -155,8 +168,63 @@ def test_llamafactory_format(job) -> None:
     assert video["messages"][0]["content"] == "<video>Describe this video." and len(video["videos"][0]) == 4
     multi = next(r for r in records if len(r.get("images", [])) == 2)
     assert multi["messages"][0]["content"].startswith("<image><image>Which is taller?")
-    pre = next(r for r in records if r["messages"][1]["content"] == "A photo.")
-    assert pre["messages"][0]["content"] == "<image>"
+    assert not any("A photo." in json.dumps(r) for r in records)  # pt stage: text only, skipped
+    settings = yaml.safe_load((out / "exports" / "llamafactory" / "llamafactory.yaml").read_text())
+    assert settings == json.loads((out / "exports" / "llamafactory" / "export.json").read_text())["settings"]
+    longest = max(r["n_tokens"] for r in rows if "A photo." not in json.dumps(r["messages"]))
+    assert settings["template"] == "qwen2_vl" and settings["cutoff_len"] == longest and settings["packing"] is False
+    assert settings["image_max_pixels"] >= max(w * h for r in rows if r["meta"]["builder"] != "video"
+                                               for w, h in r["meta"]["image_sizes"])
+    assert settings["video_max_pixels"] == 644 * 364 and settings["video_fps"] == 2.0
+
+
+def one_builder_job(out: Path, tokenizer_dir: str, builders: list[str]) -> None:
+    rows = [r for r in make_job(out, tokenizer_dir) if r["meta"]["builder"] in builders]
+    store = Store(str(out))
+    store.delete_dir("shards")
+    store.write_bytes(shard_tar(rows, ["n_tokens"]), "shards", "shard-00000.tar")
+
+
+@pytest.mark.parametrize(("builders", "columns"), [
+    (["grounding", "vqa"], {"messages": "messages", "images": "images"}),
+    (["video"], {"messages": "messages", "videos": "videos"}),
+    (["qa"], {"messages": "messages"})])
+def test_llamafactory_declares_only_the_columns_it_has(tmp_path, tokenizer_dir, builders, columns) -> None:
+    out = tmp_path / "job"
+    one_builder_job(out, tokenizer_dir, builders)
+    export(str(out), "llamafactory")
+    info = json.loads((out / "exports" / "llamafactory" / "dataset_info.json").read_text())
+    assert info["vlcurate"]["columns"] == columns
+    for record in lines(out, "llamafactory"):
+        assert set(record) <= set(columns.values())  # LLaMA-Factory reads each declared column of each record
+
+
+def test_llamafactory_skips_videos_at_another_fps(tmp_path, tokenizer_dir) -> None:
+    out = tmp_path / "job"
+    one_builder_job(out, tokenizer_dir, ["video"])
+    store = Store(str(out))
+    samples = list(iter_shard_samples(store))
+    (key, doc, media), = samples
+    other = {**doc, "id": key + "b", "meta": {**doc["meta"], "video": {**doc["meta"]["video"], "sample_fps": 1.5}}}
+    rows = [{**d, "images": [b for _, b in m]} for d, m in ((doc, media), (other, media))]
+    store.write_bytes(shard_tar(rows, []), "shards", "shard-00000.tar")
+    summary = export(str(out), "llamafactory")
+    assert summary["samples"] == 1 and summary["skipped"] == {"llamafactory_video_fps_differs": 1}
+    summary = export(str(out), "swift")
+    assert summary["skipped"] == {"swift_video_frames_resized_to_56px_multiples": 2}
+
+
+def test_exports_survive_moving_the_job_folder(job, tmp_path) -> None:
+    out, _, _ = job
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out / "exports", moved)
+    for trainer in ("llamafactory", "swift", "qwen"):
+        for name in json.loads((moved / trainer / "export.json").read_text())["data"]:
+            text = (moved / trainer / name).read_text()
+            assert str(out) not in text
+            for record in map(json.loads, text.splitlines()):
+                for p in media_paths(trainer, record):
+                    assert (moved / trainer / p).is_file()
 
 
 def test_swift_grounding_objects_in_pixels_of_the_exported_image(job) -> None:
@@ -173,15 +241,54 @@ def test_swift_grounding_objects_in_pixels_of_the_exported_image(job) -> None:
         assert text.count("<ref-object>") == len(r["objects"]["ref"])
         assert text.count("<bbox>") == len(r["objects"]["bbox"])
         (path,) = r["images"]
-        w, h = Image.open(path).size
+        w, h = Image.open(out / "exports" / "swift" / path).size
         for box in r["objects"]["bbox"]:
-            assert len(box) == 4 and 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
+            assert len(box) == 4 and 0 <= box[0] < box[2] < w and 0 <= box[1] < box[3] < h
     cat = next(r for r in grounded if r["objects"]["ref"] == ["cat"])
-    assert cat["objects"]["bbox"] == [[round(146 * 644 / 640, 2), round(137 * 420 / 428, 2),
-                                       round(615 * 644 / 640, 2), round(415 * 420 / 428, 2)]]
+    assert cat["objects"]["bbox"] == [[147, 134, 619, 407]]  # SPEC §2: the shard's integers, pixels of 644x420
     assert cat["messages"][1]["content"] == '```json\n[\n\t{"bbox_2d": <bbox>, "label": "<ref-object>"}\n]\n```'
-    pre = next(r for r in records if r["messages"][-1]["content"].endswith("A photo."))
+    dog = next(r for r in grounded if r["objects"]["ref"] == ["dog"])
+    assert dog["objects"]["bbox"] == [[503, 294, 643, 419]]  # right/bottom edge: W'-1, H'-1 as in the shard
+    (pre,) = lines(out, "swift", "data_pt.jsonl")
     assert pre["messages"] == [{"role": "assistant", "content": "<image>A photo."}]  # ms-swift pretraining form
+    script = (out / "exports" / "swift" / "swift.sh").read_text()
+    assert "QWENVL_BBOX_FORMAT=new" in script and "--norm_bbox none" in script
+    assert "swift pt --dataset data_pt.jsonl" in script and "swift sft --dataset data.jsonl" in script
+
+
+def swift_render(record: dict, images_dir: Path, norm1000: bool) -> list[str]:
+    """What ms-swift 4.6's Qwen2-VL templates make of a grounding record (Template.normalize_bbox, then
+    replace_ref / replace_bbox: legacy special tokens for qwen2-vl, QWENVL_BBOX_FORMAT=new for qwen2.5-vl);
+    the exported image is already W'xH', so qwen-vl-utils' resize keeps it."""
+    (path,) = record["images"]
+    w, h = Image.open(images_dir / path).size
+    nw, nh = (1000, 1000) if norm1000 else (w, h)
+    boxes = [[int(round(v / (w if i % 2 == 0 else h) * (nw if i % 2 == 0 else nh))) for i, v in enumerate(b)]
+             for b in record["objects"]["bbox"]]
+    refs, coords = iter(record["objects"]["ref"]), iter(boxes)
+
+    def fill(m: re.Match) -> str:
+        if m.group(0) == "<ref-object>":
+            ref = next(refs)
+            return f"<|object_ref_start|>{ref}<|object_ref_end|>" if norm1000 else ref
+        box = next(coords)
+        return "<|box_start|>({},{}),({},{})<|box_end|>".format(*box) if norm1000 else str(box)
+
+    return [re.sub("<ref-object>|<bbox>", fill, m["content"]).removeprefix("<image>") for m in record["messages"]]
+
+
+@pytest.mark.parametrize("dialect", ["qwen2.5-vl", "qwen2-vl"])
+def test_swift_turns_every_grounding_record_into_the_shards_text(tmp_path, tokenizer_dir, dialect) -> None:
+    out = tmp_path / "job"
+    make_job(out, tokenizer_dir, dialect=dialect)
+    export(str(out), "swift")
+    docs = [d for _, d, _ in iter_shard_samples(Store(str(out)))
+            if d["meta"]["builder"] not in ("video", "caption_pretrain")]  # the order of data.jsonl
+    grounded = [(r, d) for r, d in zip(lines(out, "swift"), docs, strict=True) if "objects" in r]
+    assert len(grounded) >= 5 and any(len(r["objects"]["bbox"]) > 1 for r, _ in grounded)
+    for record, doc in grounded:
+        assert swift_render(record, out / "exports" / "swift", dialect == "qwen2-vl") == [
+            message_text(m) for m in doc["messages"]]
 
 
 def test_swift_keeps_quads_as_text_and_qwen_format(tmp_path, tokenizer_dir) -> None:
@@ -210,7 +317,7 @@ def test_converters_are_pure() -> None:
     assert to_llamafactory(doc, ["a.png"]) == {"messages": [{"role": "user", "content": "<image>Hi?"},
                                                             {"role": "assistant", "content": "Yes."}],
                                                "images": ["a.png"]}
-    assert to_swift(doc, ["/x/a.png"])["images"] == ["/x/a.png"]
+    assert to_swift(doc, ["images/a.png"])["images"] == ["images/a.png"]
     assert to_qwen(doc, ["a.png"]) == {"image": "a.png", "conversations": [
         {"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": "Yes."}]}
     with pytest.raises(ValueError, match="unknown trainer"):
@@ -229,8 +336,8 @@ def test_grounding_job_exports_match_the_manifest(ray_local, tokenizer_dir, tmp_
     run_job(recipe, str(out), log=lambda m: None)
     n = pq.read_table(out / "manifest.parquet").num_rows
     assert n > 0
-    for trainer in TRAINERS:
-        records = lines(out, trainer)
+    for trainer in ("llamafactory", "swift", "qwen"):
+        records = all_records(out, trainer)
         assert len(records) == n
         for record in records:
             for p in media_paths(trainer, record):
@@ -239,3 +346,24 @@ def test_grounding_job_exports_match_the_manifest(ray_local, tokenizer_dir, tmp_
         assert len(list((out / "exports" / trainer / "images").iterdir())) == 1
         first = io.BytesIO((out / "exports" / trainer / "images").iterdir().__next__().read_bytes())
         assert Image.open(first).size == (644, 476)
+
+
+def test_hf_export_loads_with_datasets_and_decodes_to_the_shards_pixels(job, tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")  # the dev extra installs it
+    out, rows, summaries = job
+    assert summaries["hf"]["samples"] == len(rows) and summaries["hf"]["skipped"] == {}
+    ds = datasets.load_dataset("parquet", data_files=str(out / "exports" / "hf" / "data-*.parquet"),
+                               split="train", cache_dir=str(tmp_path / "cache"))
+    assert isinstance(ds.features["images"].feature, datasets.Image)
+    by_id = {r["id"]: r for r in rows}
+    assert sorted(ds["id"]) == sorted(by_id)
+    for sample in ds:
+        row = by_id[sample["id"]]
+        assert len(sample["images"]) == len(row["images"])
+        for got, data in zip(sample["images"], row["images"], strict=True):
+            assert np.array_equal(np.asarray(got), np.asarray(Image.open(io.BytesIO(data))))
+        assert sample["input_ids"] == list(row["input_ids"]) and sample["labels"] == list(row["labels"])
+        assert ["".join(p["text"] for p in m["content"] if p["type"] == "text") for m in sample["messages"]] == [
+            message_text(m) for m in row["messages"]]
+    video = next(s for s in ds if json.loads(s["meta"]).get("video"))
+    assert len(video["images"]) == 4 and video["messages"][0]["content"][0]["type"] == "video"
