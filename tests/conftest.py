@@ -16,18 +16,17 @@ settings.load_profile("vlcurate")
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole test session (the runner joins an initialised Ray)."""
-    import logging
-
+    """One local Ray for the whole test session (the runner joins an initialised Ray), started the way the
+    CLI starts one: on 127.0.0.1, with long waits and a retry for a loaded machine."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+    from pipeline.ray_env import start_ray
+
+    start_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 
 
 def pytest_collection_modifyitems(config, items):
-    """Cluster tests run last: they stop every Ray process on the machine when they end."""
+    """Cluster tests run last: they start Ray heads of their own (and stop only those)."""
     items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
