@@ -4,8 +4,9 @@
 annotations, ``KEY.0.jpg`` ..., ``KEY.input_ids.npy``) and writes ``OUT/exports/<trainer>/``: the records,
 the images under ``images/`` (named by content hash: the samples built from one image share one file),
 ``export.json`` (counts, skipped samples by reason, the settings the trainer needs) and a ready config
-fragment. ``export_all(out, trainers)`` does it for each trainer of ``output.exports``. Every path in an
-export is relative to its folder, so a job folder can be moved or copied.
+fragment; beside each ``NAME.jsonl`` a ``NAME.ids`` holds the shard key of each line. ``export_all(out,
+trainers)`` does it for each trainer of ``output.exports``. Every path in an export is relative to its
+folder, so a job folder can be moved or copied.
 
 The rule: a sample the trainer (at the version named) reads with the stated settings into other tokens than
 the shard's is never exported; it is skipped with the reason counted in ``export.json``.
@@ -387,11 +388,12 @@ def export(out: str, trainer: str) -> dict[str, Any]:
         store.write_bytes(json.dumps(summary, indent=2).encode(), *folder, "export.json")
         return summary
     files: dict[str, list[str]] = {"data.jsonl": []}
+    keys: dict[str, list[str]] = {"data.jsonl": []}
     skipped: dict[str, int] = {}
     written: set[str] = set()
     exported: list[dict[str, Any]] = []
     video_fps: float | None = None
-    for _key, doc, media in iter_shard_samples(store):
+    for key, doc, media in iter_shard_samples(store):
         # media files are named by content: the many samples built from one image share one file
         names = [f"images/{hashlib.sha1(data).hexdigest()[:20]}.{suffix.partition('.')[2]}"
                  for suffix, data in media]
@@ -409,10 +411,12 @@ def export(out: str, trainer: str) -> dict[str, Any]:
                 written.add(name)
         target = "data_pt.jsonl" if trainer == "swift" and _is_pretrain(doc) else "data.jsonl"
         files.setdefault(target, []).append(json.dumps(record, ensure_ascii=False))
+        keys.setdefault(target, []).append(key)
         exported.append(doc)
     settings = _settings(trainer, exported, video_fps)
-    for name, lines in files.items():
+    for name, lines in files.items():  # NAME.ids: the shard key of each line of NAME
         store.write_bytes(("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"), *folder, name)
+        store.write_bytes("".join(k + "\n" for k in keys[name]).encode(), *folder, name.replace(".jsonl", ".ids"))
     if trainer == "llamafactory":
         records = [json.loads(line) for line in files["data.jsonl"]]
         store.write_bytes(json.dumps(_llamafactory_info(records), indent=2).encode(), *folder, "dataset_info.json")

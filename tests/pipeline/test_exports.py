@@ -367,3 +367,14 @@ def test_hf_export_loads_with_datasets_and_decodes_to_the_shards_pixels(job, tmp
             message_text(m) for m in row["messages"]]
     video = next(s for s in ds if json.loads(s["meta"]).get("video"))
     assert len(video["images"]) == 4 and video["messages"][0]["content"][0]["type"] == "video"
+
+
+def test_ids_name_the_shard_sample_of_each_line(job) -> None:
+    out, rows, _ = job
+    by_id = {r["id"]: r for r in rows}
+    records = lines(out, "swift")
+    ids = (out / "exports" / "swift" / "data.ids").read_text().split()
+    assert len(ids) == len(records) == len(set(ids))
+    for key, record in zip(ids, records, strict=True):
+        assert len(record.get("images", [])) == len(by_id[key]["images"])
+        assert record["messages"][-1]["role"] == by_id[key]["messages"][-1]["role"]
