@@ -259,6 +259,17 @@ class CotVisual(Relevance):
 
     decision_params = (*Relevance.decision_params, "min_visual_consistency")
 
+    def setup(self) -> None:
+        """Nothing: the backend loads on the first batch with an image (a regen-sft whose only unscored rows
+        are text-only candidates needs no model)."""
+
+    def score(self, batch: Batch) -> Batch:
+        if not self._questions(batch):
+            return {"relevance_p_yes": [None] * len(batch["id"]), "relevance_mass": [None] * len(batch["id"])}
+        if self.backend is None:
+            super().setup()
+        return super().score(batch)
+
     def _questions(self, batch: Batch) -> list[tuple[int, list[str], bool]]:
         p = self.params
         return [(i, [p.qa_prompt.format(question=q or "", answer=a or "")], False)

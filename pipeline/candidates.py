@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from filters.base import Stage
-from filters.cot import GENERATED, CotGenerate, CotSelect, candidate_row
+from filters.cot import GENERATED, CotGenerate, CotSelect, CotVisual, candidate_row
 from pipeline.recipe import Recipe, StageSpec
 from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS
 from pipeline.storage import WORK, Store, is_remote
@@ -43,19 +43,32 @@ def _step_of(steps: list[Any], kind: str, key: str) -> str | None:
 # ---------------------------------------------------------------------------------------------- regen-sft
 
 
+def _same(spec: StageSpec | None, old_stages: dict[str, Any], skip: set[str]) -> bool:
+    old = old_stages.get(spec.key) if spec is not None else None
+    new = {"use": spec.use, **spec.params.model_dump(mode="json")} if spec is not None else None
+    return old is not None and {k: v for k, v in new.items() if k not in skip} == {
+        k: v for k, v in old.items() if k not in skip}
+
+
 def reusable(recipe: Recipe, old_out: str) -> dict[str, dict[str, Any]]:
-    """{generate stage key: {"candidates": old_out}} when the job in `old_out` wrote candidates with the same
-    generation parameters (apart from `CotGenerate.runtime_params`)."""
+    """What `regen-sft` takes from the job in `old_out` when it wrote candidates with the same generation
+    parameters (apart from `CotGenerate.runtime_params`): {generate stage key: {"candidates": old_out}}, and
+    for an unchanged visual stage its scores from the step that scored it (the final step no longer holds the
+    selected candidates: the format stage replaced them by their samples)."""
     spec = _spec(recipe, CotGenerate)
     old_store = Store(old_out)
     if spec is None or not old_store.exists(CANDIDATES):
         return {}
-    old = json.loads(old_store.read_bytes("job.json"))["recipe"].get("stages", {}).get(spec.key)
-    new = {"use": spec.use, **spec.params.model_dump(mode="json")}
-    skip = set(spec.cls.runtime_params)
-    if old is None or {k: v for k, v in new.items() if k not in skip} != {k: v for k, v in old.items() if k not in skip}:
+    old_stages = json.loads(old_store.read_bytes("job.json"))["recipe"].get("stages", {})
+    if not _same(spec, old_stages, set(spec.cls.runtime_params)):
         return {}
-    return {spec.key: {"candidates": old_out}}
+    out: dict[str, dict[str, Any]] = {spec.key: {"candidates": old_out}}
+    visual = _spec(recipe, CotVisual)
+    if visual is not None and _same(visual, old_stages, {*visual.cls.decision_params, "actors"}):
+        step = next((n for n in old_store.list(WORK) if n.endswith(f"-{visual.key}") and n[:2].isdigit()), None)
+        if step is not None:
+            out[visual.key] = {"uri": old_out, "step": step}
+    return out
 
 
 class FrozenCandidates:
@@ -106,6 +119,8 @@ def write(recipe: Recipe, store: Store, steps: list[Any], log: Any = print) -> N
         decisions = decisions.rename_columns([c if c != "drop_reason" else "_selected_reason"
                                               for c in decisions.column_names])
         table = table.drop_columns([c for c in decisions.column_names if c != "id" and c in table.column_names])
+        table = _no_null_types(table)  # Arrow's join refuses columns of type null (all values None)
+        decisions = _no_null_types(decisions)
         table = table.join(decisions, "id", join_type="left outer")
         dropped_here = pc.is_valid(table["_selected_reason"])
         table = table.set_column(table.schema.get_field_index("drop_stage"), "drop_stage",
@@ -119,6 +134,11 @@ def write(recipe: Recipe, store: Store, steps: list[Any], log: Any = print) -> N
     store.write_parquet(table, CANDIDATES)
     pairs = write_dpo(store, gen_step, table.to_pylist()) if "dpo_chosen" in table.column_names else 0
     log(f"[vlcurate] {len(table)} candidate(s) in {CANDIDATES}; {pairs} DPO pair(s) in {DPO}/")
+
+
+def _no_null_types(table: pa.Table) -> pa.Table:
+    return table.cast(pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
+                                 for f in table.schema]))
 
 
 def write_dpo(store: Store, gen_step: str, candidates: list[dict[str, Any]]) -> int:
@@ -182,9 +202,10 @@ def _images(store: Store, step: str, ids: set[str]) -> dict[str, list[bytes]]:
 # ---------------------------------------------------------------------------------------------- inspect
 
 
-def show(out: str, row_id: str | None, as_json: bool = False, file: Any = sys.stdout) -> int:
+def show(out: str, row_id: str | None, as_json: bool = False, file: Any = None) -> int:
     """`vlcurate inspect OUT --candidates [--id ID]`: one prompt's candidates (ID a prompt or a candidate id;
     default the first prompt) with their verdicts."""
+    file = file or sys.stdout
     store = Store(out)
     if not store.exists(CANDIDATES):
         print(f"vlcurate: {out}: no {CANDIDATES} (not a chain-of-thought job)", file=sys.stderr)
