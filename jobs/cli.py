@@ -55,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     regen.add_argument("--overwrite", action="store_true", help="delete NEW_OUT's earlier job first")
     regen.add_argument("--keep-work", action="store_true", help="keep all of NEW_OUT/_work after success")
 
+    mix = sub.add_parser("mix", help="compose finished jobs into one training stage's data by ratio",
+                         description="Build MIX.yaml's sources (finished job folders, chat / text jsonl) into OUT "
+                         "by weight, deterministic by seed, with lineage; see README, Training-stage mixes.")
+    mix.add_argument("mix", help="MIX.yaml")
+    mix.add_argument("-o", "--out", required=True, help="output folder (a new one, or an earlier mix: rebuilt)")
+    mix.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any mix key, e.g. --set sources.ocr.weight=0.4")
+    mix.add_argument("--overwrite", action="store_true", help="replace a job folder's outputs with the mix")
+
     rep = sub.add_parser("report", help="write OUT/report.html: funnel, drop reasons, score histograms, packing")
     rep.add_argument("out", help="job output folder")
 
@@ -88,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.inspect import inspect_job
 
         return inspect_job(args)
+    if args.command == "mix":
+        from jobs.mix import mix_command
+
+        return mix_command(args)
     if args.command == "report":
         return _report(args)
     if args.command == "regen-sft":
@@ -128,7 +141,7 @@ def _regen(args: argparse.Namespace) -> int:
         if not store.exists("job.json"):
             raise RecipeError(f"{args.out}: no job.json (is this a finished vlcurate job folder?)")
         job = json.loads(store.read_bytes("job.json"))
-        raw = job["recipe"]
+        raw = job.get("recipe_as_given") or job["recipe"]  # as written: readers choose their own defaults
         for section in ("format", "pack"):
             if raw.get(section) is None:
                 raw.pop(section, None)

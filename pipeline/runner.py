@@ -394,7 +394,9 @@ def reusable_scores(recipe: Recipe, old_out: str) -> dict[str, dict[str, Any]]:
         new = {"use": spec.use, **spec.params.model_dump(mode="json")}
         drop = set(spec.cls.decision_params) | {"actors"}
         if {k: v for k, v in new.items() if k not in drop} == {k: v for k, v in old.items() if k not in drop}:
-            out[spec.key] = {"uri": old_out, "step": job["final_step"]}
+            # the step that scored it: later steps may hold other ids (formatted samples replace records)
+            step = job.get("score_steps", {}).get(spec.key, job["final_step"])
+            out[spec.key] = {"uri": old_out, "step": step}
     return out
 
 
@@ -532,7 +534,8 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
             log(f"[vlcurate] {last.key}: global decision over {n} row(s)")
         prev = step.name
     assert prev is not None
-    writers.write_outputs(recipe, store, parts, inputs, prev, stats, log=log)
+    writers.write_outputs(recipe, store, parts, inputs, prev, stats, log=log,
+                          score_steps={o.key: s.name for s in steps for o in s.ops if o.kind == "score"})
     candidates.write(recipe, store, steps, log=log)
     stats_doc = writers.write_stats(store, recipe, stats, parts, skipped, time.perf_counter() - t_start)
     stats_doc = outdir.finish(store, [s.name for s in steps], keep_work, stats_doc)

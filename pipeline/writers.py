@@ -183,10 +183,15 @@ def reject_duplicate_ids(table: pa.Table) -> pa.Table:
 
 def token_ids_for(recipe: Recipe) -> dict[str, int]:
     """The vision token ids for M-RoPE, read from the recipe's tokenizer (defaults: the Qwen2 family's)."""
-    ids = {"vision_start_token_id": 151652, "image_token_id": 151655, "video_token_id": 151656}
     fmt = recipe.model.format
-    if fmt is not None and fmt.tokenizer:
-        tok = load_tokenizer(fmt.tokenizer)
+    return vision_token_ids(fmt.tokenizer if fmt is not None else None)
+
+
+def vision_token_ids(tokenizer: str | None) -> dict[str, int]:
+    """The vision token ids for M-RoPE, read from `tokenizer` (defaults: the Qwen2 family's)."""
+    ids = {"vision_start_token_id": 151652, "image_token_id": 151655, "video_token_id": 151656}
+    if tokenizer:
+        tok = load_tokenizer(tokenizer)
         for key, token in (("vision_start_token_id", "<|vision_start|>"), ("image_token_id", "<|image_pad|>"),
                            ("video_token_id", "<|video_pad|>")):
             ids[key] = int(tok.convert_tokens_to_ids(token))
@@ -194,17 +199,24 @@ def token_ids_for(recipe: Recipe) -> dict[str, int]:
 
 
 def write_packs(recipe: Recipe, store: Store, log: Any = print) -> dict[str, Any]:
-    from pipeline.pack_stage import pack_summary
     from pipeline.runner import _ray_map
 
-    spec = recipe.model.pack
+    return write_pack_files(store, recipe.model.pack, token_ids_for(recipe), _ray_map, log=log)
+
+
+def write_pack_files(store: Store, spec: Any, token_ids: dict[str, int], mapper: Any,
+                     log: Any = print) -> dict[str, Any]:
+    """Packs from `_work/packbuckets/` (rows with pack_id / pack_pos), one pack shard per task of `mapper`
+    (`_ray_map` in a job), then packs.parquet; returns the fill summary."""
+    from pipeline.pack_stage import pack_summary
+
     shards = sorted(int(b) for b in store.list(WORK, "packbuckets"))
     done = {n.removesuffix(".json") for n in store.list(WORK, "packs")}
     todo = [k for k in shards if f"{k:05d}" not in done]
     if todo:
         log(f"[vlcurate] writing {len(todo)} pack shard(s)")
-        _ray_map([{"shard": k} for k in todo], write_pack_shard_task, out=store.uri,
-                 token_ids=token_ids_for(recipe), max_len=spec.max_len)
+        mapper([{"shard": k} for k in todo], write_pack_shard_task, out=store.uri,
+               token_ids=token_ids, max_len=spec.max_len)
     index = []
     for k in shards:
         index.extend(json.loads(store.read_bytes(WORK, "packs", f"{k:05d}.json")))
@@ -221,8 +233,9 @@ def _final_tables(store: Store, step: str) -> pa.Table:
 
 
 def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: list[dict[str, Any]], step: str,
-                  stats: dict[str, Any],
-                  log: Any = print) -> None:
+                  stats: dict[str, Any], log: Any = print, score_steps: dict[str, str] | None = None) -> None:
+    """Shards, manifest, rejects, packs, job.json, exports. `score_steps` (stage key -> the step whose work
+    files hold that stage's scores under the ids it scored) goes into job.json for regen-sft."""
     from pipeline.runner import _ray_map
 
     buckets = sorted(int(b) for b in store.list(WORK, "buckets"))
@@ -271,9 +284,11 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: 
         stats["pack"] = {**stats.get("pack", {}), "summary": write_packs(recipe, store, log=log)}
     store.write_parquet(manifest, "manifest.parquet")
     store.write_parquet(rejects, "rejects.parquet")
-    job = {"recipe": recipe.resolved(), "versions": versions(), "input": inputs,
+    # `recipe_as_given`: what regen-sft reruns (the resolved recipe fills in defaults of the generic input
+    # schema, e.g. a caption column, that a format-specific reader would otherwise choose itself)
+    job = {"recipe": recipe.resolved(), "recipe_as_given": recipe.raw, "versions": versions(), "input": inputs,
            "input_path": input_location(recipe.input.path), "partitions": len(parts),
-           "buckets": recipe.model.output.buckets, "final_step": step}
+           "buckets": recipe.model.output.buckets, "final_step": step, "score_steps": score_steps or {}}
     # not sort_keys: the stages mapping is the run order, and regen-sft reads it back
     store.write_bytes(json.dumps(job, indent=2).encode(), "job.json")
     if recipe.model.output.exports:

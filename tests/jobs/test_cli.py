@@ -101,8 +101,8 @@ def test_rerun_resumes_other_recipe_refused_overwrite_replaces(ray_local, tmp_pa
     data = f"--input={REPO / 'jobs/demo_data/captions.jsonl'}"
     assert main(["run", recipe, "-o", str(out), data]) == 0
     manifest = (out / "manifest.parquet").read_bytes()
-    assert main(["run", recipe, "-o", str(out), data]) == 0  # same job: resumed, same files
-    assert "resumed" in capsys.readouterr().out and (out / "manifest.parquet").read_bytes() == manifest
+    assert main(["run", recipe, "-o", str(out), data]) == 0  # same finished job: nothing redone, same files
+    assert "nothing to do" in capsys.readouterr().out and (out / "manifest.parquet").read_bytes() == manifest
     other = ["--set", "stages.image_check.min_side_px=400"]
     assert main(["run", recipe, "-o", str(out), data, *other]) == 2
     assert "--overwrite" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import yaml
 
 from jobs.cli import main
 from model.clip import build_tiny_clip
-from model.tiny import build_tiny_tokenizer
+from model.tiny import build_tiny_qwen25vl, build_tiny_tokenizer
 from pipeline.recipe import load_recipe
 from pipeline.runner import run_job
 
@@ -77,7 +77,8 @@ def test_overwrite_deletes_only_what_a_job_wrote(ray_local, tmp_path, capsys):
 def models(tmp_path_factory):
     base = tmp_path_factory.mktemp("models")
     arch, ckpt = build_tiny_clip(base / "clip.pt")
-    return {"tokenizer": build_tiny_tokenizer(base / "tok"), "arch": arch, "clip": str(ckpt)}
+    return {"tokenizer": build_tiny_tokenizer(base / "tok"), "arch": arch, "clip": str(ckpt),
+            "qwen": build_tiny_qwen25vl(base / "qwen")}
 
 
 RECIPES = sorted(p.name for p in (REPO / "jobs/recipes").glob("*.yaml"))
@@ -91,8 +92,11 @@ def test_regen_with_no_change_gives_the_same_manifest(ray_local, tmp_path, monke
     sets = []
     if raw.get("format"):
         sets.append(f"format.tokenizer={models['tokenizer']}")
-    if "clip_score" in (raw.get("stages") or {}):
-        sets += [f"stages.clip_score.checkpoint={models['clip']}", f"stages.clip_score.arch={models['arch']}"]
+    for key, params in (raw.get("stages") or {}).items():  # the model files a recipe leaves for the user to set
+        if "checkpoint" in params:
+            sets += [f"stages.{key}.checkpoint={models['clip']}", f"stages.{key}.arch={models['arch']}"]
+        if "model" in params and params["model"] is None:
+            sets.append(f"stages.{key}.model={models['qwen']}")
     recipe = load_recipe(str(REPO / "jobs/recipes" / name), sets)
     first, second = tmp_path / "first", tmp_path / "second"
     run_job(recipe, str(first), log=lambda m: None)
@@ -104,7 +108,8 @@ def test_regen_with_no_change_gives_the_same_manifest(ray_local, tmp_path, monke
         assert [r["id"] for r in a] == [r["id"] for r in b]
         diffs = [(x["id"], k, x[k], y.get(k)) for x, y in zip(a, b, strict=True) for k in x if x[k] != y.get(k)]
         assert not diffs, (name, table, diffs[:5])
-    assert pq.read_table(first / "manifest.parquet").num_rows > 0
+    # tiny random models keep nothing in the model recipes (relevance, rejection sampling): rejects count too
+    assert sum(pq.read_table(first / t).num_rows for t in ("manifest.parquet", "rejects.parquet")) > 0
 
 
 # ---- 11. after success `_work/` keeps ids and scores, not image bytes -----------------------------------
