@@ -14,8 +14,10 @@ the shard's is never exported; it is skipped with the reason counted in ``export
 - ``llamafactory`` (0.9.5): multimodal sharegpt ``{"messages", "images" | "videos"}`` with one ``<image>`` /
   ``<video>`` tag per medium, ``dataset_info.json`` declaring only the columns the records have, and
   ``llamafactory.yaml`` (template, pixel limits, ``cutoff_len`` >= the longest sample, ``video_fps``,
-  ``packing: false``). A video is its planned frames (a nested list of images). Its frame lists are read at
-  one ``video_fps`` for the whole dataset: videos with another ``sample_fps`` than the first are skipped.
+  ``packing: false``); images its processor would resize other than the format stage did (the recipe's
+  pixel limits bound the resize and the image is not pre-resized) are skipped. A video is its planned
+  frames (a nested list of images). Its frame lists are read at one ``video_fps`` for the whole dataset:
+  videos with another ``sample_fps`` than the first are skipped.
   Its ``pt`` stage tokenizes text only (no image plugin), so pretraining-layout samples with images are
   skipped.
 - ``swift`` (ms-swift 4.6): ``{"messages", "images" | "videos"}``; grounding samples of the qwen2-vl and
@@ -151,14 +153,26 @@ def _sample_fps(doc: dict[str, Any]) -> float | None:
     return float(plan["sample_fps"]) if plan.get("sample_fps") is not None else None
 
 
+def _limits_bind(width: int, height: int, meta: dict[str, Any]) -> bool:
+    """Whether the sample's pixel limits changed the smart_resize of this stored image. LLaMA-Factory has no
+    setting for the limits its image processor resizes with (the model's own), so it reproduces only images
+    the limits leave alone: pre-resized ones, and others within the limits."""
+    lo, hi = meta.get("min_pixels"), meta.get("max_pixels")
+    if not lo or not hi:
+        return False
+    return smart_resize(height, width, FACTOR, lo, hi) != smart_resize(height, width, FACTOR, 1, 1 << 62)
+
+
 def to_llamafactory(doc: dict[str, Any], media: list[str], video_fps: float | None = None) -> dict[str, Any] | str:
     """LLaMA-Factory sharegpt (multimodal): messages with ``<image>`` / ``<video>`` tags, images / videos.
     ``video_fps``: the dataset's fps (LLaMA-Factory reads every frame list at it); another video's is a skip."""
-    messages = doc.get("messages") or []
+    meta, messages = doc.get("meta") or {}, doc.get("messages") or []
     if _is_pretrain(doc) and media:
         return "llamafactory_pt_stage_has_no_images"
     if _is_video(messages) and video_fps is not None and _sample_fps(doc) not in (None, video_fps):
         return "llamafactory_video_fps_differs"
+    if not _is_video(messages) and any(_limits_bind(w, h, meta) for w, h in meta.get("image_sizes") or []):
+        return "llamafactory_image_resize_limits_differ"
     return _with_media({"messages": [{"role": m["role"], "content": _content(m)} for m in messages]},
                        messages, media)
 
@@ -323,14 +337,14 @@ def _settings(trainer: str, docs: list[dict[str, Any]], video_fps: float | None)
         s: dict[str, Any] = {"dataset": "vlcurate", "dataset_dir": ".", "template": "qwen2_vl",
                              "cutoff_len": longest, "packing": False}
         if images:  # LLaMA-Factory downsizes an image above image_max_pixels (default 768*768)
-            s.update(image_max_pixels=max(max(images), max_pixels or 0), image_min_pixels=min(images))
+            s.update(image_max_pixels=max(images), image_min_pixels=min(images))
         if frames:  # and a video frame above video_max_pixels (default 256*256)
             s.update(video_max_pixels=max(frames), video_min_pixels=min(frames), video_fps=video_fps or 2.0)
         return s
     if trainer == "swift":
         env = {"QWENVL_BBOX_FORMAT": "new" if dialects == ["qwen2.5-vl"] else "legacy"}
-        if max_pixels:
-            env.update(MAX_PIXELS=str(max(max_pixels, max(images, default=0))), MIN_PIXELS=str(min_pixels))
+        if max_pixels:  # qwen-vl-utils resizes each image with these limits, as the format stage did
+            env.update(MAX_PIXELS=str(max_pixels), MIN_PIXELS=str(min_pixels))
         flags = {"--template": "qwen2_5_vl", "--max_length": str(longest), "--packing": "false"}
         if dialects:
             flags["--norm_bbox"] = "none" if dialects == ["qwen2.5-vl"] else "norm1000"

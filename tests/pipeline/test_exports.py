@@ -320,6 +320,10 @@ def test_converters_are_pure() -> None:
     assert to_swift(doc, ["images/a.png"])["images"] == ["images/a.png"]
     assert to_qwen(doc, ["a.png"]) == {"image": "a.png", "conversations": [
         {"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": "Yes."}]}
+    big = {**doc, "meta": {"image_sizes": [[1920, 1080]], "min_pixels": 3136, "max_pixels": 1003520}}
+    assert to_llamafactory(big, ["a.png"]) == "llamafactory_image_resize_limits_differ"  # 1316x728 in the shard
+    big["meta"]["image_sizes"] = [[1316, 728]]  # pre-resized: LLaMA-Factory's processor keeps it
+    assert to_llamafactory(big, ["a.png"])["images"] == ["a.png"]
     with pytest.raises(ValueError, match="unknown trainer"):
         export("/nonexistent", "axolotl")
     assert message_text(doc["messages"][0]) == "Hi?"
