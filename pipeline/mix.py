@@ -405,7 +405,8 @@ def select(ids: list[str], sizes: list[int], quota: float, seed: int, name: str,
 
 @dataclass
 class Plan:
-    quotas: dict[str, float]
+    quotas: dict[str, float]  # what each source gives: its asked share of the total, or less when it cannot
+    asked: dict[str, float]
     total: float
     warnings: list[str]
 
@@ -422,15 +423,15 @@ def plan_quotas(mix: Mix, sources: dict[str, Source]) -> Plan:
         if src.spec.cap is not None and src.spec.cap < limit[n]:
             limit[n], why[n] = src.spec.cap, f"cap {src.spec.cap:,}"
     total = float(mix.model.total) if mix.model.total else min(limit[n] / share[n] for n in sources)
-    quotas, warnings = {}, []
+    quotas, asked_of, warnings = {}, {}, []
     for n in sources:
-        asked = share[n] * total
+        asked_of[n] = asked = share[n] * total
         quotas[n] = min(asked, limit[n])
         if asked > limit[n] * (1 + 1e-9):
             warnings.append(f"source {n}: asked {asked:,.0f} {by} ({share[n]:.1%} of {total:,.0f}) but it can give "
                             f"only {limit[n]:,} ({why[n]}): short by {asked - limit[n]:,.0f}; raise max_repeat, "
                             "lower total or its weight")
-    return Plan(quotas, total, warnings)
+    return Plan(quotas, asked_of, total, warnings)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -612,7 +613,7 @@ def _stats(mix: Mix, sources: dict[str, Source], picks: list[Picked], plan: Plan
     for n, src in sources.items():
         per_source[n] = {
             "path": src.spec.path, "kind": src.spec.kind,
-            "asked_share": round(src.spec.weight / weight_sum, 6), "asked": round(plan.quotas[n], 1),
+            "asked_share": round(src.spec.weight / weight_sum, 6), "asked": round(plan.asked[n], 1),
             "achieved_share": round(achieved[n] / total, 6) if total else 0.0,
             "samples": samples[n], "tokens": tokens[n], "repeated_samples": repeats[n],
             "samples_share": round(samples[n] / n_samples, 6) if n_samples else 0.0,

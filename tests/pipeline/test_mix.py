@@ -131,6 +131,7 @@ def test_shortfall_is_a_warning_and_max_repeat_upsamples(jobs3, tmp_path):
     assert stats["sources"]["caption"]["samples"] == 4000 and stats["sources"]["ocr"]["samples"] == 3000
     assert len(stats["warnings"]) == 1 and "source ocr: asked 4,000" in stats["warnings"][0]
     assert json.loads((tmp_path / "a" / "stats.json").read_text())["warnings"] == stats["warnings"]
+    assert stats["sources"]["ocr"]["asked"] == 4000 and stats["sources"]["ocr"]["achieved_share"] == pytest.approx(3 / 7, abs=1e-6)
     mix = parse_mix({"by": "samples", "total": 8000, "sources": {
         "caption": {"path": str(jobs3["caption"]), "weight": 0.5},
         "ocr": {"path": str(jobs3["ocr"]), "weight": 0.5, "max_repeat": 2}}})
@@ -281,3 +282,43 @@ def test_decontamination_catches_planted_copies(tmp_path):
     assert caught[3]["eval_item"] == "mmbench:1" and caught[5]["eval_item"] == "mmbench:2"
     assert caught[7] == {**caught[7], "eval_item": "mmbench_img:e1.jpg", "match": "image_near"}
     assert stats["samples"] == 37 and stats["rejected_by_reason"] == {"contaminated": 3}
+
+
+@pytest.mark.slow
+def test_mix_of_a_real_ocr_job_packs_members_as_the_job_does(ray_local, tmp_path):
+    """A real formatted job (jobs/recipes/ocr.yaml) mixed with a text source and packed: each image member's
+    4-row position ids (M-RoPE over its image grid) and tokens equal those in the job's own packs."""
+    from pipeline.recipe import load_recipe
+    from pipeline.runner import run_job
+
+    root = Path(__file__).parents[2]
+    job = tmp_path / "ocr"
+    run_job(load_recipe(str(root / "jobs/recipes/ocr.yaml"), ["output.report=false"]), str(job), log=lambda m: None)
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"Document {i} about reading street signs."}
+                                                 for i in range(30)])
+    mix = parse_mix({"by": "tokens", "pack": {"max_len": 8192}, "sources": {
+        "ocr": {"path": str(job), "weight": 0.9}, "text": {"path": str(docs), "kind": "text", "weight": 0.1}}})
+    run_mix(mix, str(tmp_path / "o"), log=lambda m: None)
+
+    def members(folder: Path) -> dict:
+        out = {}
+        for path in sorted(folder.glob("pack-*.tar")):
+            entries: dict = {}
+            for key, suffix, data in iter_entries(path.read_bytes()):
+                entries.setdefault(key, {})[suffix] = data
+            for pack in entries.values():
+                meta = json.loads(pack["json"])
+                cu = np.load(io.BytesIO(pack["cu_seqlens.npy"]))
+                arrays = [np.load(io.BytesIO(pack[f"{n}.npy"])) for n in ("input_ids", "position_ids")]
+                for k, member in enumerate(meta["members"]):
+                    out[member] = (arrays[0][cu[k]:cu[k + 1]], arrays[1][:, cu[k]:cu[k + 1]],
+                                   meta["image_grid_thw"][k])
+        return out
+
+    original, mixed = members(job / "packs"), members(tmp_path / "o" / "packs")
+    images = [k for k in mixed if k.startswith("ocr-")]
+    assert images and any(mixed[k][2] for k in images)
+    for key in images:
+        ids, pos, grid = mixed[key]
+        want = original[key.removeprefix("ocr-")]
+        assert np.array_equal(ids, want[0]) and np.array_equal(pos, want[1]) and grid == want[2]
