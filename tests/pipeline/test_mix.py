@@ -223,26 +223,33 @@ def test_chat_and_text_sources_tokenize_like_the_tokenizer_and_pack(tmp_path):
         assert next(r for r in manifest if r["key"] == key)["n_tokens"] == len(ids)
     assert checked == {"chat", "text"}
     # packs: every picked sample in exactly one pack, tokens as in its shard, positions restart per member
-    packs = [p for p in sorted((tmp_path / "o" / "packs").glob("*.tar"))]
-    assert packs and stats["pack"]["packs"] == len(pq.read_table(tmp_path / "o" / "packs.parquet"))
-    members_seen = []
-    for path in packs:
+    assert stats["pack"]["packs"] == len(pq.read_table(tmp_path / "o" / "packs.parquet")) > 0
+    packed = pack_members(tmp_path / "o" / "packs")
+    assert all(n <= 512 for n in packed.pop("_lengths"))
+    for member, (ids, pos, _) in packed.items():
+        assert np.array_equal(ids, np.load(io.BytesIO(samples[member]["input_ids.npy"])))
+        assert np.array_equal(pos, np.tile(np.arange(len(ids)), (4, 1)))  # text: t = h = w = position
+    members_seen = list(packed)
+    assert sorted(members_seen) == sorted(samples)
+
+
+def pack_members(folder: Path) -> dict:
+    """{member: (its input_ids, its 4-row position ids, its image grids)} over a packs/ folder, and under
+    "_lengths" each pack's length."""
+    out: dict = {"_lengths": []}
+    for path in sorted(folder.glob("pack-*.tar")):
         entries: dict = {}
         for key, suffix, data in iter_entries(path.read_bytes()):
             entries.setdefault(key, {})[suffix] = data
         for pack in entries.values():
             meta = json.loads(pack["json"])
-            input_ids = np.load(io.BytesIO(pack["input_ids.npy"]))
-            pos = np.load(io.BytesIO(pack["position_ids.npy"]))
             cu = np.load(io.BytesIO(pack["cu_seqlens.npy"]))
-            assert len(input_ids) <= 512 and pos.shape == (4, len(input_ids))
+            ids, pos = (np.load(io.BytesIO(pack[f"{n}.npy"])) for n in ("input_ids", "position_ids"))
+            assert pos.shape == (4, len(ids))
+            out["_lengths"].append(len(ids))
             for k, member in enumerate(meta["members"]):
-                a, b = int(cu[k]), int(cu[k + 1])
-                want = np.load(io.BytesIO(samples[member]["input_ids.npy"]))
-                assert np.array_equal(input_ids[a:b], want)
-                assert np.array_equal(pos[:, a:b], np.tile(np.arange(b - a), (4, 1)))  # text: t = h = w = pos
-            members_seen += meta["members"]
-    assert sorted(members_seen) == sorted(samples)
+                out[member] = (ids[cu[k]:cu[k + 1]], pos[:, cu[k]:cu[k + 1]], meta["image_grid_thw"][k])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -300,22 +307,8 @@ def test_mix_of_a_real_ocr_job_packs_members_as_the_job_does(ray_local, tmp_path
         "ocr": {"path": str(job), "weight": 0.9}, "text": {"path": str(docs), "kind": "text", "weight": 0.1}}})
     run_mix(mix, str(tmp_path / "o"), log=lambda m: None)
 
-    def members(folder: Path) -> dict:
-        out = {}
-        for path in sorted(folder.glob("pack-*.tar")):
-            entries: dict = {}
-            for key, suffix, data in iter_entries(path.read_bytes()):
-                entries.setdefault(key, {})[suffix] = data
-            for pack in entries.values():
-                meta = json.loads(pack["json"])
-                cu = np.load(io.BytesIO(pack["cu_seqlens.npy"]))
-                arrays = [np.load(io.BytesIO(pack[f"{n}.npy"])) for n in ("input_ids", "position_ids")]
-                for k, member in enumerate(meta["members"]):
-                    out[member] = (arrays[0][cu[k]:cu[k + 1]], arrays[1][:, cu[k]:cu[k + 1]],
-                                   meta["image_grid_thw"][k])
-        return out
-
-    original, mixed = members(job / "packs"), members(tmp_path / "o" / "packs")
+    original, mixed = pack_members(job / "packs"), pack_members(tmp_path / "o" / "packs")
+    original.pop("_lengths"), mixed.pop("_lengths")
     images = [k for k in mixed if k.startswith("ocr-")]
     assert images and any(mixed[k][2] for k in images)
     for key in images:
