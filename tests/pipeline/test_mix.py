@@ -181,6 +181,23 @@ def test_set_overrides_and_not_a_job_folder(tmp_path):
         run_mix(mix, str(tmp_path / "o"))
 
 
+
+def test_rebuild_after_one_source_changed(jobs3, tmp_path):
+    """A source job regenerated (other content, fewer samples): the mix rebuilt into the same folder keeps the
+    other sources' selections and equals a clean mix into a new folder."""
+    changed = make_job(tmp_path / "vqa2", 2500, seed=9)
+    raw = {"by": "samples", "total": 3000, "sources": {
+        "caption": {"path": str(jobs3["caption"]), "weight": 2}, "vqa": {"path": str(jobs3["vqa"]), "weight": 1}}}
+    run_mix(parse_mix(raw), str(tmp_path / "o"), log=lambda m: None)
+    before = pq.read_table(tmp_path / "o" / "manifest.parquet").to_pylist()
+    raw["sources"]["vqa"]["path"] = str(changed)
+    run_mix(parse_mix(raw), str(tmp_path / "o"), log=lambda m: None)
+    after = pq.read_table(tmp_path / "o" / "manifest.parquet").to_pylist()
+    assert [r for r in before if r["source"] == "caption"] == [r for r in after if r["source"] == "caption"]
+    assert {r["source_job"] for r in after if r["source"] == "vqa"} == {str(changed)}
+    run_mix(parse_mix(raw), str(tmp_path / "clean"), log=lambda m: None)
+    assert files_of(tmp_path / "o") == files_of(tmp_path / "clean")
+
 # ------------------------------------------------------------------------------------------------------------
 # pure-text sources and packing
 
