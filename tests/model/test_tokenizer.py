@@ -167,8 +167,8 @@ def test_every_recipe_formats_with_the_builtin_tokenizer(tok: Any) -> None:
         if load_recipe(str(recipe_path)).model.format is None:
             continue
         for sets in ([], ["format.tokenizer=qwen2.5-vl"]):
-            spec = load_recipe(str(recipe_path), sets).stages[-1]
-            assert spec.key == "format" and spec.params.tokenizer in (None, "qwen2.5-vl")
+            [spec] = [s for s in load_recipe(str(recipe_path), sets).stages if s.key == "format"]
+            assert spec.params.tokenizer in (None, "qwen2.5-vl")
             fmt = spec.build()
             assert isinstance(fmt, Format)
             fmt.check()

@@ -77,7 +77,8 @@ def test_recipe_hook_appends_the_format_stage_last(tokenizer_dir) -> None:
         parse_recipe({**raw, "stages": {"format": {"use": "caption_check"}}})
     for name in ("grounding", "ocr", "vqa"):
         rec = load_recipe(str(REPO / "jobs" / "recipes" / f"{name}.yaml"), [f"format.tokenizer={tokenizer_dir}"])
-        assert rec.stages[-1].key == "format" and rec.stages[-1].params.builder == name
+        last = [s for s in rec.stages if s.key != "pack"][-1]  # format is last, before packing when it packs
+        assert last.key == "format" and last.params.builder == name
 
 
 def test_children_columns_token_counts_and_labels(tokenizer_dir) -> None:
