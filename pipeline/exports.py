@@ -25,7 +25,9 @@ the shard's is never exported; it is skipped with the reason counted in ``export
   written so that ms-swift's ``int(round(x / W * N))`` gives back the shard's integer coordinate (N = 1000 for
   qwen2-vl, the resized side for qwen2.5-vl): ``c * W / N``, the shard's integers when the stored image is
   pre-resized. Pretraining-layout samples: one assistant message ``<image>CAPTION`` in ``data_pt.jsonl`` for
-  ``swift pt``. ``swift.sh`` holds the flags and environment. Videos: ms-swift passes a frame list to
+  ``swift pt`` when text only; with images they are skipped: ``swift pt`` ends a sample with the tokenizer's
+  ``eos_token`` (``<|im_end|>`` for the Qwen2.5-VL tokenizer) where the shard has ``<|endoftext|>``, its
+  tokens otherwise identical (checked by ``make conformance``). ``swift.sh`` holds the flags and environment. Videos: ms-swift passes a frame list to
   qwen-vl-utils 0.0.14's ``fetch_video``, which resizes each frame to a multiple of 56 pixels, and it reads
   frame lists at 2 fps; other videos are skipped.
 - ``qwen``: the official Qwen2.5-VL fine-tuning code's ``{"image", "conversations"}``; its loader takes a video
@@ -217,6 +219,8 @@ def _swift_objects(doc: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
 def to_swift(doc: dict[str, Any], media: list[str]) -> dict[str, Any] | str:
     """ms-swift standard dataset format; grounding with ``<ref-object>`` / ``<bbox>`` and ``objects``."""
     meta, messages = doc.get("meta") or {}, doc.get("messages") or []
+    if _is_pretrain(doc) and media:
+        return "swift_pt_ends_with_the_tokenizer_eos"
     if _is_video(messages):
         if any(v % SWIFT_FRAME_FACTOR for size in meta.get("image_sizes") or [] for v in size):
             return "swift_video_frames_resized_to_56px_multiples"

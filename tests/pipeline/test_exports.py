@@ -118,7 +118,8 @@ def test_shards_read_back_in_order(job) -> None:
 
 
 SKIPS = {"llamafactory": {"llamafactory_pt_stage_has_no_images": 1},
-         "swift": {"swift_video_frames_resized_to_56px_multiples": 1},  # 644x364 frames
+         "swift": {"swift_pt_ends_with_the_tokenizer_eos": 1,
+                   "swift_video_frames_resized_to_56px_multiples": 1},  # 644x364 frames
          "qwen": {"video_frames_unsupported": 1}}  # the official loader takes a video as one file only
 
 
@@ -249,11 +250,10 @@ def test_swift_grounding_objects_in_pixels_of_the_exported_image(job) -> None:
     assert cat["messages"][1]["content"] == '```json\n[\n\t{"bbox_2d": <bbox>, "label": "<ref-object>"}\n]\n```'
     dog = next(r for r in grounded if r["objects"]["ref"] == ["dog"])
     assert dog["objects"]["bbox"] == [[503, 294, 643, 419]]  # right/bottom edge: W'-1, H'-1 as in the shard
-    (pre,) = lines(out, "swift", "data_pt.jsonl")
-    assert pre["messages"] == [{"role": "assistant", "content": "<image>A photo."}]  # ms-swift pretraining form
+    assert not (out / "exports" / "swift" / "data_pt.jsonl").exists()  # swift pt ends with <|im_end|>
     script = (out / "exports" / "swift" / "swift.sh").read_text()
     assert "QWENVL_BBOX_FORMAT=new" in script and "--norm_bbox none" in script
-    assert "swift pt --dataset data_pt.jsonl" in script and "swift sft --dataset data.jsonl" in script
+    assert "swift sft --dataset data.jsonl" in script and "swift pt" not in script
 
 
 def swift_render(record: dict, images_dir: Path, norm1000: bool) -> list[str]:
@@ -320,6 +320,11 @@ def test_converters_are_pure() -> None:
     assert to_swift(doc, ["images/a.png"])["images"] == ["images/a.png"]
     assert to_qwen(doc, ["a.png"]) == {"image": "a.png", "conversations": [
         {"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": "Yes."}]}
+    pre = {"messages": [{"role": "assistant", "content": [{"type": "text", "text": "Hello."}]}],
+           "meta": {"layout": "pretrain"}}
+    assert to_swift(pre, []) == {"messages": [{"role": "assistant", "content": "Hello."}]}
+    pre["messages"][0]["content"].insert(0, {"type": "image"})
+    assert to_swift(pre, ["a.png"]) == "swift_pt_ends_with_the_tokenizer_eos"
     big = {**doc, "meta": {"image_sizes": [[1920, 1080]], "min_pixels": 3136, "max_pixels": 1003520}}
     assert to_llamafactory(big, ["a.png"]) == "llamafactory_image_resize_limits_differ"  # 1316x728 in the shard
     big["meta"]["image_sizes"] = [[1316, 728]]  # pre-resized: LLaMA-Factory's processor keeps it
