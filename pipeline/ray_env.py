@@ -11,12 +11,14 @@ from pathlib import Path
 
 from pipeline.storage import is_remote
 
-# A loaded machine can take longer than Ray's defaults to bring up the GCS and the raylet: give them time
-# (seconds). Set for the processes Ray starts, unless the user chose other values.
-START_TIMEOUTS = {
+# A local Ray on a loaded machine: give the GCS and the raylet longer than Ray's defaults to come up
+# (seconds), and run the workers at normal priority: they are the job (Ray's default nice 15 lets any other
+# busy process on the machine starve them). Set for the processes Ray starts, unless the user chose others.
+LOCAL_RAY = {
     "RAY_gcs_rpc_server_connect_timeout_s": "60",
     "RAY_raylet_start_wait_time_s": "120",
     "RAY_gcs_server_request_timeout_seconds": "120",
+    "RAY_worker_niceness": "0",
 }
 
 
@@ -50,7 +52,7 @@ def start_ray(num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return False
-    for key, value in START_TIMEOUTS.items():
+    for key, value in LOCAL_RAY.items():
         os.environ.setdefault(key, value)
     problem: BaseException | None = None
     for _ in range(2):
