@@ -423,8 +423,9 @@ def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_c
     ctx.print_on_execution_start = False
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if actor:
-        ds = ds.map_batches(fn, batch_size=1, compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(items)))), num_cpus=num_cpus,
-                            num_gpus=num_gpus or None, fn_constructor_kwargs=kwargs)
+        pool = ray.data.ActorPoolStrategy(size=max(1, min(actors, len(items))))  # no idle actors
+        ds = ds.map_batches(fn, batch_size=1, compute=pool, num_cpus=num_cpus, num_gpus=num_gpus or None,
+                            fn_constructor_kwargs=kwargs)
     else:
         ds = ds.map_batches(fn, batch_size=1, num_cpus=num_cpus, fn_kwargs=kwargs)
     try:
