@@ -25,7 +25,10 @@ from tests.media import DEMO_IMAGES, REPO
 
 RECIPE = REPO / "jobs" / "recipes" / "web_pairs.yaml"
 DEV_PAIRS = REPO.parent / "shared" / "data" / "dev" / "pairs"
-CAPTIONS = ("a photo of the {} on a table", "an old picture showing a {} outdoors", "a {} seen from far away")
+# enough captions per image that the CLIP cut drops more than the thumbnail cap with the 5 bundled photos too
+# (where ../shared is absent)
+CAPTIONS = ("a photo of the {} on a table", "an old picture showing a {} outdoors", "a {} seen from far away",
+            "a close view of a {} in daylight", "the {} as seen in a museum", "a blurry snapshot of one {}")
 
 
 def images() -> list[Path]:
