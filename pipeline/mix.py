@@ -153,6 +153,23 @@ def parse_mix(raw: Any) -> Mix:
     return Mix(model, sources, eval_sets)
 
 
+MIX_KEYS = frozenset(MixModel.model_fields)
+
+
+def is_mix(raw: Any) -> bool:
+    """Whether a parsed YAML document is a MIX.yaml rather than a job recipe: it names `sources` and only
+    mix keys (a recipe has `input`)."""
+    return isinstance(raw, dict) and "sources" in raw and set(raw) <= MIX_KEYS
+
+
+def is_mix_file(path: str) -> bool:
+    """Whether `path` holds a MIX.yaml (an unreadable or invalid file is not: its own loader says why)."""
+    try:
+        return is_mix(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+
+
 def load_mix(path: str, sets: list[str] = ()) -> Mix:
     """A MIX.yaml, validated (one-line RecipeError naming the key), with `--set dotted.key=value` applied."""
     try:

@@ -19,6 +19,7 @@ import yaml
 from jobs.cli import main
 from model.clip import build_tiny_clip
 from model.tiny import build_tiny_qwen25vl, build_tiny_tokenizer
+from pipeline.mix import is_mix_file
 from pipeline.recipe import load_recipe
 from pipeline.runner import run_job
 
@@ -81,7 +82,12 @@ def models(tmp_path_factory):
             "qwen": build_tiny_qwen25vl(base / "qwen")}
 
 
-RECIPES = sorted(p.name for p in (REPO / "jobs/recipes").glob("*.yaml"))
+STAGE_MIX = ("a training-stage mix: it composes other recipes' finished outputs (out/...), so it has no job to "
+             "regenerate; tests/pipeline/test_mix.py parses every one and builds mixes, tests/jobs/test_mix_cli.py "
+             "runs one through python -m jobs.run")
+RECIPES = [name if not is_mix_file(str(REPO / "jobs/recipes" / name)) else
+           pytest.param(name, marks=pytest.mark.skip(reason=STAGE_MIX))
+           for name in sorted(p.name for p in (REPO / "jobs/recipes").glob("*.yaml"))]
 
 
 @pytest.mark.slow

@@ -39,3 +39,22 @@ def test_mix_prints_shares_and_warning(tmp_path, capsys):
     assert main(["mix", str(mix), "-o", str(tmp_path / "o"), "--set", "total=200"]) == 0
     assert json.loads((tmp_path / "o" / "stats.json").read_text())["samples"] == 200
     assert main(["mix", str(mix), "-o", str(tmp_path / "a")]) == 2
+
+
+def test_jobs_run_detects_a_mix_by_its_keys(tmp_path):
+    """`python -m jobs.run MIX.yaml -o OUT` (the `ray job submit` entry point) builds the mix as `vlcurate mix`
+    does; a recipe still goes to `run`."""
+    from jobs.run import command
+
+    a, b = make_job(tmp_path / "a", 60, seed=1), make_job(tmp_path / "b", 40, seed=2)
+    mix = tmp_path / "m.yaml"
+    mix.write_text(f"by: samples\nsources:\n  a: {{path: {a}, weight: 1}}\n  b: {{path: {b}, weight: 1}}\n")
+    assert command([str(mix), "-o", "x"])[0] == "mix"
+    assert command([str(ROOT / "jobs/recipes/demo.yaml"), "-o", "x"])[0] == "run"
+    assert command(["-o", "x", str(ROOT / "jobs/recipes/stage2_multitask.yaml")])[0] == "mix"
+    proc = subprocess.run([sys.executable, "-m", "jobs.run", str(mix), "-o", str(tmp_path / "o"), "--set", "seed=4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "vlcurate: mix done" in proc.stdout
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    assert stats["seed"] == 4 and stats["samples"] == 80  # b (40) binds: 40 + 40

@@ -332,3 +332,16 @@ def test_mix_of_a_real_ocr_job_packs_members_as_the_job_does(ray_local, tmp_path
         ids, pos, grid = mixed[key]
         want = original[key.removeprefix("ocr-")]
         assert np.array_equal(ids, want[0]) and np.array_equal(pos, want[1]) and grid == want[2]
+
+
+@pytest.mark.parametrize("name", ["stage1_pairs", "stage2_multitask", "stage4_sft"])
+def test_stage_recipes_are_valid_mixes(name):
+    """The stage recipes in jobs/recipes are mixes (detected by their keys, not recipes) and validate; their
+    text sources use the built-in tokenizer."""
+    from pipeline.mix import is_mix_file
+
+    path = Path(__file__).parents[2] / "jobs" / "recipes" / f"{name}.yaml"
+    assert is_mix_file(str(path))
+    mix = load_mix(str(path))
+    assert mix.sources and mix.model.format.tokenizer in (None, "qwen2.5-vl")
+    assert not is_mix_file(str(path.with_name("ocr.yaml")))
