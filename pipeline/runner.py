@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from filters.base import Stage
 from pipeline import candidates, outdir, readers, thumbs
+from pipeline.progress import Progress, step_rows
 from pipeline.recipe import Recipe, RecipeError, check_stages, parse_recipe
 from pipeline.schema import (
     HEAVY_COLUMNS,
@@ -251,12 +252,12 @@ class StepWorker:
         self.decisions: dict[str, dict[str, dict[str, Any]]] = {}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        names = []
+        names, rows = [], []
         for part_json in batch["part"]:
             part = readers.Partition(**json.loads(str(part_json)))
-            self.run_partition(part)
+            rows.append(self.run_partition(part))
             names.append(part.name)
-        return {"part": names}
+        return {"part": names, "rows": rows}
 
     def _decisions(self, key: str) -> dict[str, dict[str, Any]]:
         if key not in self.decisions:
@@ -270,10 +271,12 @@ class StepWorker:
         rows: list[dict[str, Any]] = []
         if self.prev is not None:
             rows = table_to_rows(self.store.read_parquet(WORK, self.prev, f"{part.name}.parquet"))
+        n_in = len(rows)  # the rows this partition brought to the step (its progress)
         for op in self.step.ops:
             t = time.perf_counter()
             if op.kind == "read":
                 rows = readers.reader_for(self.recipe.input).read(self.recipe.input, part)
+                n_in = len(rows)
                 dropped = Counter(r["drop_reason"] for r in rows if r.get("drop_stage") is not None)
                 stat = {"in": len(rows), "kept": len(rows) - sum(dropped.values()),
                         "dropped": dict(sorted(dropped.items()))}
@@ -301,6 +304,7 @@ class StepWorker:
         marker = {"partition": part.name, "rows": len(rows), "seconds": round(time.perf_counter() - t0, 4),
                   "stages": stats}
         self.store.write_bytes(json.dumps(marker).encode(), WORK, self.step.name, f"{part.name}.done")
+        return n_in
 
     def scatter(self, part: readers.Partition, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Kept rows, split by id-hash bucket, for the shard writers."""
@@ -411,7 +415,7 @@ def run_step_task(batch: dict[str, Any], raw_recipe: dict[str, Any], out: str, s
 
 
 def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_cpus: float = 1.0,
-             num_gpus: float = 0.0, actors: int = 1, **kwargs: Any) -> list[dict[str, Any]]:
+             num_gpus: float = 0.0, actors: int = 1, progress: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
     """The one adapter onto Ray Data: tasks for stateless work, an actor pool for model-holding stages."""
     import ray.data
 
@@ -429,7 +433,13 @@ def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_c
     else:
         ds = ds.map_batches(fn, batch_size=1, num_cpus=num_cpus, fn_kwargs=kwargs)
     try:
-        return ds.take_all()
+        if progress is None:
+            return ds.take_all()
+        done = []
+        for row in ds.iter_rows():  # results as partitions finish: one updating line on a terminal
+            done.append(row)
+            progress.update(row.get("rows") or 0)
+        return done
     except Exception as e:
         problem = _recipe_error_in(e)
         if problem is not None:  # a recipe problem only a worker could see: one line, not a Ray traceback
@@ -517,11 +527,15 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
                           step={"name": step.name, "ops": [asdict(o) for o in step.ops],
                                 "last": step is steps[-1]})
             t = time.perf_counter()
-            if step.holds_model:
-                _ray_map(items, StepWorker, actor=True, num_cpus=step.num_cpus, num_gpus=step.num_gpus,
-                         actors=step.actors, **kwargs)
-            else:
-                _ray_map(items, run_step_task, **kwargs)
+            bar = Progress(f"[vlcurate] step {step.name}", step_rows(store, prev, todo), len(todo))
+            try:
+                if step.holds_model:
+                    _ray_map(items, StepWorker, actor=True, num_cpus=step.num_cpus, num_gpus=step.num_gpus,
+                             actors=step.actors, progress=bar, **kwargs)
+                else:
+                    _ray_map(items, run_step_task, progress=bar, **kwargs)
+            finally:
+                bar.close()
             log(f"[vlcurate] step {step.name}: done in {time.perf_counter() - t:.1f} s")
         for p in parts:
             marker = json.loads(store.read_bytes(WORK, step.name, f"{p.name}.done"))
