@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.readers.base import Partition, check_not_empty, fingerprint
 from pipeline.readers.captions import CocoCaptionsReader, Flickr30kReader
 from pipeline.readers.grounding import CocoReader, RefCocoReader
+from pipeline.readers.mc import McJsonlReader
 from pipeline.readers.ocr import Icdar2015Reader, WildReceiptReader
 from pipeline.readers.qa import (
     GqaReader,
@@ -41,6 +42,7 @@ READERS: dict[str, Any] = {
     "math": MathReader(),
     "humaneval": HumanEvalReader(),
     "qa_jsonl": QaJsonlReader(),
+    "mc_jsonl": McJsonlReader(),
     "video": VideoReader(),
     "flickr30k": Flickr30kReader(),
     "coco_captions": CocoCaptionsReader(),

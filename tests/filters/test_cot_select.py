@@ -39,6 +39,30 @@ PLANTED: dict[str, list[tuple[str, str, str | None]]] = {
     ],
 }
 
+# tests/data/mc/mc.jsonl: multiple-choice questions (their prompts show the options), "Answer: <letter>"
+MC_PLANTED: dict[str, list[tuple[str, str, str | None]]] = {
+    "What animal is shown in the image?": [  # gold B, with horse.png
+        ("The silhouette has a mane, hooves and a long tail, so it is a horse.\nAnswer: B", "stop", None),
+        ("It has four legs and could be a cow.\nAnswer: A", "stop", "wrong_answer"),
+        ("It is a horse.\nAnswer: (B)", "stop", None),
+        ("None of these fit.\nAnswer: E", "stop", "unreadable_answer"),  # E is past the four options
+        ("A giraffe stands behind the horse.\nAnswer: B", "stop", "visual_inconsistent"),
+    ],
+    "What colour is the animal in the image?": [  # gold A, with horse.png
+        ("The shape is filled in red.\nAnswer: B", "stop", "wrong_answer"),
+        ("The animal looks green to me.\nAnswer: C", "stop", "wrong_answer"),
+    ],
+    "Which planet is closest to the Sun?": [  # gold B, text-only
+        ("Venus is the hottest planet, so it must be the closest.\nAnswer: A", "stop", "wrong_answer"),
+        ("Mercury orbits closest to the Sun.\nAnswer: B", "stop", None),
+        ("Mercury is closest.\nAnswer: Mercury", "stop", "unreadable_answer"),  # a name, not a letter
+    ],
+    "What is 7 times 8?": [  # gold (b), text-only
+        ("7 x 8 = 56, which is option B.\nAnswer: B", "stop", None),
+        ("7 x 8 = 56, option B.\nAnswer: B\nDone.", "stop", "text_after_answer"),
+    ],
+}
+
 
 def _code_candidates() -> dict[str, list[tuple[str, str, str | None]]]:
     """HumanEval: the canonical solution (passes) and one that returns None (fails its tests)."""
@@ -61,7 +85,7 @@ class Planted:
         if model is not None and not os.path.exists(model):
             raise FileNotFoundError(f"planted model {model} is gone")
         self.log = log
-        self.planted = {**PLANTED, **_code_candidates()}
+        self.planted = {**PLANTED, **MC_PLANTED, **_code_candidates()}
 
     def generate(self, items, n=1, temperature=1.0, top_p=1.0, max_new_tokens=512, seed=None):
         out = []

@@ -18,7 +18,7 @@ from model.tiny import build_tiny_qwen25vl
 from pipeline.recipe import parse_recipe
 from pipeline.runner import plan_steps, run_job
 from pipeline.schema import make_id
-from tests.filters.test_cot_select import PLANTED, expected_reasons
+from tests.filters.test_cot_select import MC_PLANTED, PLANTED, expected_reasons
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +140,53 @@ def test_planted_candidates_sft_dpo_regen_and_resume(ray_local, tmp_path, capsys
     run_job(recipe, str(first), log=lambda m: None)
     assert (tmp_path / "generated.log").read_text() == generated
     assert rows(first, "candidates.parquet") == cands
+
+
+def test_multiple_choice_letters_selected_and_rejected(ray_local, tmp_path, capsys):
+    """cot_mc.yaml on tests/data/mc (mc.jsonl: four questions, two with an image; bad.jsonl: bad records)."""
+    (tmp_path / "weights").write_text("planted")
+    raw = load("cot_mc.yaml")
+    raw["input"].update(path=str(REPO / "tests" / "data" / "mc"), partition_rows=2)
+    backend = {"backend": PLANTED_BACKEND, "model": str(tmp_path / "weights")}
+    raw["stages"]["cot_generate"].update(backend)
+    raw["stages"]["cot_visual"].update(backend)
+    raw["format"].update(max_pixels=200_704)
+    out = tmp_path / "out"
+    run_job(parse_recipe(raw), str(out), log=lambda m: None)
+    animal, colour, planet, times = (make_id("mc.jsonl", k) for k in (1, 2, 3, 4))
+
+    cands = rows(out, "candidates.parquet")
+    assert len(cands) == sum(len(v) for v in MC_PLANTED.values()) == 12
+    for prompt_id, (question, planted) in zip((animal, colour, planet, times), MC_PLANTED.items(), strict=True):
+        mine = sorted((r for r in cands if r["parent_id"] == prompt_id), key=lambda r: r["cot_sample"])
+        assert [r["cot_reason"] for r in mine] == [why for _, _, why in planted], question
+        assert [r["cot_text"] for r in mine] == [t for t, _, _ in planted]
+        assert all(r["prompt"].startswith(question + "\nA. ") and "Answer: <letter>" in r["prompt"] for r in mine)
+    by_id = {r["id"]: r for r in cands}
+    assert "\nA. A cow\nB. A horse\nC. A dog\nD. A cat\n" in by_id[cand_id(animal, 0)]["prompt"]
+    assert [by_id[cand_id(animal, j)]["cot_answer"] for j in range(4)] == ["B", "A", "B", "E"]
+    assert [by_id[cand_id(animal, j)]["drop_reason"] for j in range(5)] == [
+        "not_selected", "wrong_answer", None, "unreadable_answer", "visual_inconsistent"]
+    assert by_id[cand_id(planet, 0)]["relevance_p_yes"] is None  # text-only: not asked
+    assert {by_id[cand_id(colour, j)]["drop_reason"] for j in (0, 1)} == {"no_verified_candidate"}
+
+    manifest = rows(out, "manifest.parquet")
+    assert {r["parent_id"] for r in manifest} == {cand_id(animal, 2), cand_id(planet, 1), cand_id(times, 0)}
+    rejects = rows(out, "rejects.parquet")
+    read = sorted(r["drop_reason"] for r in rejects if r["drop_stage"] == "read")
+    assert read == ["bad_answer", "bad_answer", "bad_options", "bad_options", "invalid_json", "missing_field",
+                    "missing_file"]
+    assert len(manifest) + len(rejects) == 7 + 12  # conservation: bad.jsonl's records, every candidate once
+    assert dpo_pairs(out) == {(cand_id(animal, 2), cand_id(animal, 1), "wrong_answer"),
+                              (cand_id(planet, 1), cand_id(planet, 0), "wrong_answer"),
+                              (cand_id(times, 0), cand_id(times, 1), "text_after_answer")}
+    lf = [json.loads(x) for x in (out / "dpo" / "data.jsonl").read_text().splitlines()]
+    image_pair = next(x for x in lf if x["prompt_id"] == animal)
+    assert image_pair["conversations"][0]["value"].startswith("<image>What animal is shown in the image?\nA. A cow")
+    assert image_pair["images"] and not next(x for x in lf if x["prompt_id"] == planet)["images"]
+    assert main(["inspect", str(out), "--candidates", "--id", animal]) == 0
+    shown = capsys.readouterr().out
+    assert "gold answer: 'B'" in shown and "SELECTED" in shown and "unreadable_answer" in shown
 
 
 @pytest.fixture(scope="module")
