@@ -194,3 +194,52 @@ def contact_sheet(tiles: Sequence[tuple[bytes | None, Sequence[str]]], title: st
         cells.append(stack([box, text_panel([(c, INK) for c in caption], cell_w, 11)], gap=0))
     rows = [stack(cells[i:i + columns], vertical=False) for i in range(0, len(cells), columns)]
     return stack([text_panel([(title, INK)], max(640, cell_w * min(columns, max(1, len(cells)))), 16), *rows])
+
+
+SPAN_HEIGHT = 28
+UNFILLED = (225, 225, 225)
+
+
+def span_bar(spans: Sequence[tuple[int, int]], max_len: int, width: int) -> Image.Image:
+    """The token spans [start, end) of a pack's members on a ``max_len``-token bar ``width`` px wide: member k
+    in its colour (``COLORS[k]``), a white pixel between members, what the pack leaves unfilled grey."""
+    bar = Image.new("RGB", (width, SPAN_HEIGHT), UNFILLED)
+    d = ImageDraw.Draw(bar)
+    scale = width / max(max_len, 1)
+    for k, (start, end) in enumerate(spans):
+        x1, x2 = round(start * scale), max(round(end * scale) - 1, round(start * scale))
+        d.rectangle([x1, 0, x2, SPAN_HEIGHT - 1], fill=COLORS[k % len(COLORS)])
+        if k:
+            d.line([x1, 0, x1, SPAN_HEIGHT - 1], fill=BACKGROUND)
+    return bar
+
+
+def pack_sheet(members: Sequence[tuple[bytes | None, str, int, int]], max_len: int, title: str, px: int = 96,
+               columns: int = 6) -> Image.Image:
+    """A pack as one picture: the title, its members' token spans on one bar (``span_bar``), then each member as
+    a tile framed in its span's colour: its thumbnail (bytes, or None for a text-only member), id and
+    ``tokens START-END (LENGTH)``."""
+    cell_w = px + 110
+    width = max(640, cell_w * min(columns, max(1, len(members))))
+    cells = []
+    for k, (data, member_id, start, end) in enumerate(members):
+        color = COLORS[k % len(COLORS)]
+        box = Image.new("RGB", (cell_w, px + 8), color)
+        inner = Image.new("RGB", (cell_w - 8, px), (235, 235, 235))
+        im = None
+        if data:
+            try:
+                im = open_rgb(data)
+                im.thumbnail((px, px))
+            except Exception:
+                im = None
+        if im is not None:
+            inner.paste(im, ((inner.width - im.width) // 2, (px - im.height) // 2))
+        else:
+            ImageDraw.Draw(inner).text((8, px // 2 - 8), "text only", fill=MUTED, font=font(12))
+        box.paste(inner, (4, 4))
+        lines = [(f"{k}: {member_id}", INK), (f"tokens {start}-{end} ({end - start})", INK)]
+        cells.append(stack([box, text_panel(lines, cell_w, 11)], gap=0))
+    rows = [stack(cells[i:i + columns], vertical=False) for i in range(0, len(cells), columns)]
+    spans = [(start, end) for _, _, start, end in members]
+    return stack([text_panel([(title, INK)], width, 16), span_bar(spans, max_len, width), *rows])

@@ -8,8 +8,10 @@ when present, the ``pack`` entry of ``OUT/stats.json`` (the packer's own fill st
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -86,6 +88,11 @@ def show_packs(args: argparse.Namespace) -> int:
     summary = summarize(fills, tokens, max_len, stats)
     n = max(0, int(args.n)) if getattr(args, "n", None) is not None else 10
     rows = table.slice(0, n).select([c for c in COLUMNS if c in table.column_names]).to_pylist()
+    if getattr(args, "render", None):
+        cache: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            row["rendered"] = render_pack(store, row, max_len or int(row["n_tokens"]), args.render, cache)
+            print(f"wrote {row['rendered']}", file=sys.stderr)
     if args.json:
         for row in rows:
             print(json.dumps({"kind": "pack", **row}, ensure_ascii=False))
@@ -93,6 +100,44 @@ def show_packs(args: argparse.Namespace) -> int:
         return 0
     _print_human(rows, summary, stats, len(fills))
     return 0
+
+
+def _first_media(store: Any, shard: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """pack id -> (its json, {member index: bytes of its first image or frame}) for the packs of one tar."""
+    from pipeline.tar import iter_entries
+
+    if shard not in cache:
+        packs: dict[str, Any] = {}
+        for key, suffix, data in iter_entries(store.read_bytes("packs", shard)):
+            entry = packs.setdefault(key, [None, {}])
+            if suffix == "json":
+                entry[0] = json.loads(data)
+            elif suffix.startswith("m") and not suffix.endswith(".npy"):
+                member, index = suffix[1:].split(".")[:2]
+                if index == "0":
+                    entry[1][int(member)] = data
+        cache[shard] = packs
+    return cache[shard]
+
+
+def render_pack(store: Any, row: dict[str, Any], max_len: int, folder: str,
+                cache: dict[str, dict[str, Any]] | None = None) -> str:
+    """DIR/pack-ID.png: the pack's members' token spans on one bar and each member's thumbnail with its span
+    (formatters.draw.pack_sheet); the members and spans are the pack tar's own (its json's lengths)."""
+    from formatters.draw import pack_sheet
+
+    cache = cache if cache is not None else {}
+    doc, media = _first_media(store, row["shard"], cache).get(row["pack"], [None, {}])
+    members = (doc or {}).get("members") or row.get("members") or []
+    lengths = (doc or {}).get("lengths") or row.get("lengths") or []
+    starts = [0, *itertools.accumulate(lengths)]
+    tiles = [(media.get(k), m, starts[k], starts[k + 1]) for k, m in enumerate(members)]
+    title = (f"pack {row['pack']} ({row['shard']}): {len(members)} member(s), {starts[-1]} / {max_len} tokens, "
+             f"fill {starts[-1] / max_len:.1%}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"pack-{row['pack']}.png")
+    pack_sheet(tiles, max_len, title).save(path)
+    return path
 
 
 def _print_human(

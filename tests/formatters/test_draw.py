@@ -191,3 +191,18 @@ def test_video_sample_renders_as_a_strip_of_its_frames() -> None:
     assert im.width == 4 * 160 + 3 * 6  # four frames scaled to 120 px high, side by side
     one = render_sample({**doc, "meta": {}}, frames[:1])
     assert one.width < im.width
+
+
+def test_span_bar_puts_each_member_at_its_tokens():
+    from formatters.draw import BACKGROUND, UNFILLED, pack_sheet, span_bar
+
+    bar = span_bar([(0, 100), (100, 250), (250, 400)], 500, 500)
+    row = [bar.getpixel((x, 10)) for x in range(500)]
+    assert row[50] == COLORS[0] and row[99] == COLORS[0]
+    assert row[100] == BACKGROUND and row[101] == COLORS[1] and row[249] == COLORS[1]
+    assert row[251] == COLORS[2] and row[399] == COLORS[2] and row[400] == UNFILLED and row[499] == UNFILLED
+    photo = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(photo, "PNG")
+    sheet = pack_sheet([(photo.getvalue(), "a", 0, 100), (None, "b", 100, 250)], 500, "pack x")
+    colors = {c for _, c in sheet.getcolors(1 << 24)}
+    assert {COLORS[0], COLORS[1], (10, 200, 30), UNFILLED} <= colors
