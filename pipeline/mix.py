@@ -8,8 +8,10 @@ has, and the mix says so (a warning in the log and in stats.json), never silentl
 Selection is deterministic by seed and independent of file order: a source's samples are taken in the order
 of make_id(seed, source, id, copy) (copy 0 first; with `max_repeat: N` the copies 1..N-1 follow, each in its
 own hash order, which is how a source is up-sampled), up to its quota. Each output sample keeps its
-lineage: the key `SOURCE-ID[-COPY]` (the source name qualifies the id, so two datasets never collide) and a
-`mix` entry in its JSON and in the manifest (source name, job folder or file, source id, copy).
+lineage: the key `NAME-ID[-COPY]` and a `mix` entry in its JSON and in the manifest (source name, job folder or
+file, source id, copy). NAME qualifies the id, because two jobs whose inputs share a relative layout give the
+same ids by design: it is the source job's `input.name` (as in a multi-job export), else the source's
+`key_prefix`, else the mix's source name; two sources with one NAME are a one-line error.
 
 Sources (`kind`):
 - `job`: a finished vlcurate job folder (manifest.parquet + shards/); its samples are copied as they are
@@ -70,6 +72,7 @@ class SourceSpec(Section):
     cap: PositiveInt | None = None  # at most this many samples (by: samples) or tokens (by: tokens)
     max_repeat: PositiveInt = 1  # up-sampling: each sample may be taken up to this many times
     column: str | None = None  # chat: the messages field (default messages); text: the text field (default text)
+    key_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")  # qualifies keys instead of input.name
 
 
 class TextFormatSpec(Section):
@@ -202,6 +205,7 @@ class Source:
     items: list[Item]
     rejects: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: str = ""
+    qualifier: str = ""  # what prefixes its keys: key_prefix, the job's input.name, or the source name
 
     def size(self, item: Item, by: str) -> int:
         return 1 if by == "samples" else int(item.n_tokens or 0)
@@ -225,7 +229,19 @@ def _load_job(name: str, spec: SourceSpec) -> Source:
     tokens = table["n_tokens"].to_pylist() if "n_tokens" in table.column_names else [None] * len(ids)
     items = [Item(i, t, s) for i, t, s in zip(ids, tokens, shards, strict=True)]
     digest = hashlib.sha256(store.read_bytes("manifest.parquet")).hexdigest()
-    return Source(name, spec, items, fingerprint=digest)
+    return Source(name, spec, items, fingerprint=digest, qualifier=spec.key_prefix or _input_name(store) or name)
+
+
+def _input_name(store: Store) -> str | None:
+    """The job's `input.name` from its job.json (None when it has none)."""
+    if not store.exists("job.json"):
+        return None
+    try:
+        recipe = json.loads(store.read_bytes("job.json")).get("recipe") or {}
+    except ValueError:
+        return None
+    name = (recipe.get("input") or {}).get("name")
+    return name if isinstance(name, str) and name else None
 
 
 def _chat_messages(value: Any) -> list[dict[str, Any]] | str:
@@ -282,7 +298,7 @@ def _load_text(name: str, spec: SourceSpec, fmt: TextFormatSpec) -> Source:
         lines.pop()
     part = Partition(name=relpath, path=path, relpath=relpath, start=0, stop=len(lines))
     tokenizer = load_tokenizer(fmt.tokenizer)
-    source = Source(name, spec, [], fingerprint=hashlib.sha256(data).hexdigest())
+    source = Source(name, spec, [], fingerprint=hashlib.sha256(data).hexdigest(), qualifier=spec.key_prefix or name)
     for row, rec in iter_json_lines(data, part, None):
         if rec is not None:
             sample = format_text_record(spec.kind, rec, spec.column, tokenizer, fmt.max_tokens)
@@ -463,13 +479,26 @@ class Picked:
     copy: int
 
 
-def mix_key(name: str, row_id: str, copy: int) -> str:
-    return f"{name}-{row_id}" + (f"-{copy}" if copy else "")
+def mix_key(qualifier: str, row_id: str, copy: int) -> str:
+    return f"{qualifier}-{row_id}" + (f"-{copy}" if copy else "")
+
+
+def check_qualifiers(sources: dict[str, Source]) -> None:
+    """Two sources whose keys would share a prefix (the same job twice, or two jobs with one input.name) are
+    refused: their ids may coincide."""
+    seen: dict[str, str] = {}
+    for n, src in sources.items():
+        if src.qualifier in seen:
+            raise RecipeError(f"sources.{n}: its keys would be prefixed {src.qualifier!r} like sources."
+                              f"{seen[src.qualifier]}'s (the same job, or jobs with the same input.name), so ids "
+                              f"could repeat; set sources.{n}.key_prefix")
+        seen[src.qualifier] = n
 
 
 def _with_lineage(files: dict[str, bytes], pick: Picked) -> dict[str, bytes]:
     doc = json.loads(files["json"])
-    doc["mix"] = {"source": pick.source.name, "job": pick.source.spec.path, "id": pick.item.id, "copy": pick.copy}
+    doc["mix"] = {"source": pick.source.name, "job": pick.source.spec.path, "id": pick.item.id, "copy": pick.copy,
+                  "key_prefix": pick.source.qualifier}
     return {**files, "json": json.dumps(doc, sort_keys=True, ensure_ascii=False).encode("utf-8")}
 
 
@@ -490,6 +519,7 @@ def run_mix(mix: Mix, out: str, overwrite: bool = False, log: Callable[[str], An
     t0 = time.perf_counter()
     by, m = mix.model.by, mix.model
     sources = {n: load_source(n, spec, m.format) for n, spec in mix.sources.items()}
+    check_qualifiers(sources)
     packing = m.pack is not None and m.pack.enabled
     for n, src in sources.items():
         untokenized = sum(1 for i in src.items if not i.n_tokens)
@@ -519,7 +549,7 @@ def run_mix(mix: Mix, out: str, overwrite: bool = False, log: Callable[[str], An
     for n, src in sources.items():
         chosen = select([i.id for i in src.items], [src.size(i, by) for i in src.items], plan.quotas[n], m.seed, n,
                         src.spec.max_repeat)
-        picks += [Picked(mix_key(n, src.items[i].id, c), src, src.items[i], c) for i, c in chosen]
+        picks += [Picked(mix_key(src.qualifier, src.items[i].id, c), src, src.items[i], c) for i, c in chosen]
     picks.sort(key=lambda p: p.key)
     packs = {}
     if packing:

@@ -26,7 +26,7 @@ DATA = Path(__file__).parents[1] / "data"
 
 
 def make_job(folder: Path, n: int, seed: int, lo: int = 20, hi: int = 400, images: dict | None = None,
-             texts: dict | None = None) -> Path:
+             texts: dict | None = None, input_name: str | None = None) -> Path:
     """A finished formatted job: shards/ with json + input_ids/labels (+ images), manifest.parquet, stats.json.
     Ids are make_id("rows.jsonl", i): two jobs made with the same n share ids (a collision the mix must avoid)."""
     rng = np.random.default_rng(seed)
@@ -52,6 +52,8 @@ def make_job(folder: Path, n: int, seed: int, lo: int = 20, hi: int = 400, image
                              "n_tokens": [r["n_tokens"] for r in rows], "text": [r["text"] for r in rows]}),
                    folder / "manifest.parquet")
     (folder / "stats.json").write_text("{}")
+    if input_name:
+        (folder / "job.json").write_text(json.dumps({"recipe": {"input": {"path": "rows.jsonl", "name": input_name}}}))
     return folder
 
 
@@ -116,6 +118,37 @@ def test_lineage_and_keys_qualified_by_source(jobs3, tmp_path):
         assert files["input_ids.npy"] == originals[lineage["source"]][lineage["id"]]["input_ids.npy"]
         seen += 1
     assert seen == 6000
+
+
+def test_keys_qualified_by_each_jobs_input_name(tmp_path):
+    """Two jobs whose inputs share a relative layout (ids coincide by design, issue 14) meet in a mix: each key
+    is prefixed by its job's input.name, so none repeats; the same job twice is a one-line error until one
+    source sets key_prefix."""
+    icdar = make_job(tmp_path / "icdar", 300, seed=1, input_name="icdar2015")
+    receipts = make_job(tmp_path / "receipts", 200, seed=2, input_name="wildreceipt")
+    ids = [set(pq.read_table(j / "manifest.parquet")["id"].to_pylist()) for j in (icdar, receipts)]
+    assert len(ids[0] & ids[1]) == 200  # every id of the smaller job is also an id of the other
+    mix = parse_mix({"by": "samples", "sources": {"ocr": {"path": str(icdar), "weight": 1},
+                                                  "kie": {"path": str(receipts), "weight": 1, "max_repeat": 2}},
+                     "pack": {"max_len": 4096}})
+    run_mix(mix, str(tmp_path / "o"), log=lambda m: None)
+    manifest = pq.read_table(tmp_path / "o" / "manifest.parquet").to_pylist()
+    keys = [r["key"] for r in manifest]
+    assert len(keys) == 600 and len(set(keys)) == 600
+    prefix = {"ocr": "icdar2015", "kie": "wildreceipt"}
+    for r in manifest:
+        assert r["key"] == f"{prefix[r['source']]}-{r['source_id']}" + (f"-{r['copy']}" if r["copy"] else "")
+    members = [m for p in pq.read_table(tmp_path / "o" / "packs.parquet").to_pylist() for m in p["members"]]
+    assert sorted(members) == sorted(keys)  # packs name the qualified keys too
+    for lineage in (json.loads(f["json"])["mix"] for f in all_samples(Store(str(tmp_path / "o"))).values()):
+        assert lineage["key_prefix"] == prefix[lineage["source"]]
+    twice = {"by": "samples", "sources": {"a": {"path": str(icdar), "weight": 1}, "b": {"path": str(icdar), "weight": 1}}}
+    with pytest.raises(RecipeError, match=r"^sources.b: its keys would be prefixed 'icdar2015' like sources.a's"):
+        run_mix(parse_mix(twice), str(tmp_path / "t"), log=lambda m: None)
+    twice["sources"]["b"]["key_prefix"] = "icdar_again"
+    run_mix(parse_mix(twice), str(tmp_path / "t"), log=lambda m: None)
+    keys = pq.read_table(tmp_path / "t" / "manifest.parquet")["key"].to_pylist()
+    assert len(keys) == len(set(keys)) == 600 and sum(k.startswith("icdar_again-") for k in keys) == 300
 
 
 def all_samples(store: Store) -> dict:
