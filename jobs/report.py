@@ -2,7 +2,9 @@
 
 It shows the funnel per stage; per score column the distribution of every scored row, kept and dropped
 stacked, with the recipe's threshold (or the cut a top fraction made) marked; example thumbnails at low,
-median and high values; a few examples per drop reason; caption lengths; pack fill; the run's metadata.
+median and high values; a few examples per drop reason; caption lengths; pack fill; for a mix its per-source
+counts (stats.json ``sources``); for a chain-of-thought job its candidates per prompt and pass rates by verifier
+and by quality / verification / verdict reason (OUT/candidates.parquet); the run's metadata.
 Plain HTML + inline SVG, no plotting library, no script.
 
 Thresholds are read from job.json's recipe: a numeric stage parameter ``min_S`` / ``max_S`` marks the score
@@ -168,10 +170,14 @@ class Rows:
 
     def __init__(self, manifest: Any, rejects: Any) -> None:
         self.manifest, self.rejects = manifest, rejects
-        self.kept = {c: manifest[c].to_pylist() for c in ("id", "text", "shard") if c in manifest.column_names}
-        self.dropped = {c: rejects[c].to_pylist() for c in ("id", "text", "source", "drop_stage", "drop_reason",
-                                                             "meta") if c in rejects.column_names}
+        self.kept = {c: self._list(manifest, c) for c in ("id", "text", "shard")}
+        self.dropped = {c: self._list(rejects, c) for c in ("id", "text", "source", "drop_stage", "drop_reason",
+                                                            "meta")}
         self.types = {**{f.name: f.type for f in rejects.schema}, **{f.name: f.type for f in manifest.schema}}
+
+    @staticmethod
+    def _list(table: Any, name: str) -> list[Any]:
+        return table[name].to_pylist() if name in table.column_names else [None] * table.num_rows
 
     @staticmethod
     def _values(table: Any, name: str) -> np.ndarray:
@@ -290,6 +296,86 @@ def _metadata(job: dict[str, Any], stats: dict[str, Any]) -> str:
             f"</summary><pre>{html.escape(json.dumps(job.get('recipe'), indent=2))}</pre></details>")
 
 
+def _pct(n: int, of: int) -> str:
+    return f"{n} ({n / of:.1%})" if of else str(n)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _sources(stats: dict[str, Any]) -> str:
+    """A mix's per-source counts (stats.json ``sources``): asked and achieved shares, samples, tokens, repeats,
+    what each source had and rejected; the mix's shortfall warnings."""
+    sources = stats.get("sources")
+    if not isinstance(sources, dict) or not sources:
+        return ""
+    rows = [[name, s.get("kind", ""), f"{s.get('asked_share', 0):.2%}", f"{s.get('achieved_share', 0):.2%}",
+             f"{s.get('samples', 0):,}", f"{s.get('tokens', 0):,}", f"{s.get('repeated_samples', 0):,}",
+             f"{s.get('available_samples', 0):,}", f"{s.get('rejected', 0):,}", s.get("path", "")]
+            for name, s in sources.items()]
+    warnings = "".join(f"<li>{html.escape(str(w))}</li>" for w in stats.get("warnings") or [])
+    return (f"<h2>Sources</h2><p>mixed by {html.escape(str(stats.get('by')))}, seed {stats.get('seed')}: "
+            f"{stats.get('samples', 0):,} samples, {stats.get('tokens', 0):,} tokens.</p>"
+            + _table(["source", "kind", "asked", "achieved", "samples", "tokens", "repeated", "available",
+                      "rejected", "path"], rows)
+            + (f"<p>warnings:</p><ul>{warnings}</ul>" if warnings else ""))
+
+
+CANDIDATE_COLUMNS = ("parent_id", "cot_kind", "cot_correct", "cot_verify_reason", "cot_quality_reason",
+                     "cot_verdict", "cot_reason", "cot_selected")
+
+
+def _candidates(store: Store) -> str:
+    """A chain-of-thought job's candidates (OUT/candidates.parquet): candidates and passing candidates per
+    prompt; per verifier (``cot_kind``) how many answers it verified and how many passed every check; per
+    quality reason, per verification reason and per verdict reason how many candidates it failed."""
+    import pyarrow.parquet as pq
+
+    if not store.exists("candidates.parquet"):
+        return ""
+    table = pq.read_table(store.path("candidates.parquet"), filesystem=store.fs)
+    cols = {c: Rows._list(table, c) for c in CANDIDATE_COLUMNS}
+    n = table.num_rows
+    per_prompt: dict[str, list[int]] = {}
+    for prompt, verdict in zip(cols["parent_id"], cols["cot_verdict"], strict=True):
+        counts = per_prompt.setdefault(prompt, [0, 0])
+        counts[0] += 1
+        counts[1] += verdict == "pass"
+    by_kind: dict[str, list[int]] = {}
+    for kind, correct, verdict, selected in zip(cols["cot_kind"], cols["cot_correct"], cols["cot_verdict"],
+                                                cols["cot_selected"], strict=True):
+        k = by_kind.setdefault(str(kind), [0, 0, 0, 0])
+        k[0] += 1
+        k[1] += bool(correct)
+        k[2] += verdict == "pass"
+        k[3] += bool(selected)
+    kinds = [[kind, f"{c[0]:,}", _pct(c[1], c[0]), _pct(c[2], c[0]), f"{c[3]:,}"] for kind, c in sorted(by_kind.items())]
+    reasons = []
+    for column, what in (("cot_quality_reason", "quality"), ("cot_verify_reason", "verifier"),
+                         ("cot_reason", "verdict")):
+        counts: dict[str, list[int]] = {}
+        for reason, correct in zip(cols[column], cols["cot_correct"], strict=True):
+            if reason:
+                c = counts.setdefault(reason, [0, 0])
+                c[0] += 1
+                c[1] += bool(correct)
+        reasons += [[what, reason, _pct(c[0], n), f"{c[1]:,}"]
+                    for reason, c in sorted(counts.items(), key=lambda kv: (-kv[1][0], kv[0]))]
+    solved = sum(1 for c in per_prompt.values() if c[1])
+    return (f"<h2>Chain-of-thought candidates</h2><p>{n:,} candidates for {len(per_prompt):,} prompts; "
+            f"{_pct(solved, len(per_prompt))} prompts have a passing candidate.</p><div class=hists><div class=hist>"
+            + histogram_svg([c[0] for c in per_prompt.values()], [], "candidates per prompt")
+            + "</div><div class=hist>"
+            + histogram_svg([c[1] for c in per_prompt.values()], [], "passing candidates per prompt")
+            + "</div></div><h3>Pass rate by verifier</h3>"
+            + _table(["verifier", "candidates", "answer verified", "passed every check", "selected"], kinds)
+            + "<h3>Failures by reason</h3>"
+            + _table(["check", "reason", "candidates", "of which answer verified"], reasons))
+
+
 def _read_json(store: Store, name: str) -> dict[str, Any]:
     return json.loads(store.read_bytes(name)) if store.exists(name) else {}
 
@@ -316,9 +402,11 @@ def build_report(out: str) -> str:
     kept_thumbs = _kept_thumbs(store, {p[1]: shard_of[p[1]] for ps in picks.values() for p in ps if p[4] == "kept"})
 
     parts = [f"<!doctype html><html lang=en><meta charset=utf-8><title>vlcurate report</title><style>{STYLE}</style>",
-             f"<h1>vlcurate report</h1><p><code>{html.escape(out)}</code>: {stats['records_in']} records in, "
-             f"{stats['kept']} kept, {stats['rejected']} rejected.</p>",
-             "<h2>Funnel</h2>", _funnel(stats), "<h2>Drop reasons</h2>", _reasons(stats, rows, kept_by_reason),
+             f"<h1>vlcurate report</h1><p><code>{html.escape(out)}</code>: "
+             + (f"{stats.get('records_in', 0)} records in, " if "records_in" in stats else "a mix: ")
+             + f"{stats.get('kept', rows.manifest.num_rows)} kept, {stats.get('rejected', rows.rejects.num_rows)} "
+             "rejected.</p>", _sources(stats),
+             *(("<h2>Funnel</h2>", _funnel(stats)) if stats.get("stages") else ()), _candidates(store), "<h2>Drop reasons</h2>", _reasons(stats, rows, kept_by_reason),
              '<h2>Scores</h2><p class=key>every scored row:<span class=bar style="background:#4878a8"></span>kept'
              '<span style="background:#e8a33d"></span>dropped (at any stage)<span style="background:#ff00ff;width:3px">'
              "</span>the recipe's cut</p><div class=hists>"]
@@ -333,7 +421,7 @@ def build_report(out: str) -> str:
     parts.append("</div></div>")
     if store.exists("packs.parquet"):
         packs = pq.read_table(store.path("packs.parquet"), filesystem=store.fs)
-        summary = (stats.get("stages", {}).get("pack") or {}).get("summary") or {}
+        summary = (stats.get("stages", {}).get("pack") or {}).get("summary") or stats.get("pack") or {}
         parts.append(f"<h2>Packing</h2><p>{packs.num_rows} packs, fill {summary.get('fill', 0):.4%}, "
                      f"lower bound {summary.get('lower_bound_packs')} packs.</p><div class=hists><div class=hist>"
                      + histogram_svg(packs["fill"].to_pylist(), [], "fill per pack") + "</div><div class=hist>"

@@ -60,3 +60,15 @@ def test_packs_render_members_with_their_token_spans(packed_job, tmp_path, capsy
         assert all(COLORS[k % len(COLORS)] in colors for k in range(len(lengths)))
         assert len(colors) > 500
         assert table[d["pack"]]["n_tokens"] == start  # the tar's spans add up to the pack's tokens
+
+
+def test_report_shows_the_pack_fill(packed_job):
+    from jobs.report import build_report
+
+    page = open(build_report(str(packed_job))).read()
+    packs = pq.read_table(packed_job / "packs.parquet").to_pylist()
+    summary = json.loads((packed_job / "stats.json").read_text())["stages"]["pack"]["summary"]
+    fill = sum(p["n_tokens"] for p in packs) / (len(packs) * 8192)
+    assert summary["fill"] == pytest.approx(fill, abs=1e-6)
+    assert f"<h2>Packing</h2><p>{len(packs)} packs, fill {summary['fill']:.4%}" in page
+    assert f'<b>fill per pack</b> n={len(packs)} ({len(packs)} kept, 0 dropped)' in page

@@ -171,3 +171,55 @@ def test_report_renders_in_headless_chromium_with_the_marker_at_the_recipes_valu
         near = [x for x in xs if abs(x - expected) <= 1.5]
         assert near, (xs, value, expected)
     assert all(min(abs(x - (v - lo) / (hi - lo) * WIDTH) for v in (2, 256)) <= 1.5 for x in xs), xs
+
+
+# ---- sections read from a job folder written directly (tests/synthetic_job.py), no Ray
+
+
+def test_report_shows_candidates_per_prompt_and_pass_rates_by_verifier_and_reason(tmp_path):
+    from jobs.report import build_report
+    from tests.synthetic_job import write_job
+
+    out = write_job(tmp_path / "cot", 300, candidates=4)
+    page = Path(build_report(str(out))).read_text()
+    cands = pq.read_table(out / "candidates.parquet").to_pylist()
+    prompts = {c["parent_id"] for c in cands}
+    assert f"{len(cands):,} candidates for {len(prompts):,} prompts" in page
+    svg, _, _, _ = histogram(page, "candidates per prompt")
+    assert f"n={len(prompts)} ({len(prompts)} kept" in page  # one value per prompt
+    section = page[page.index("Pass rate by verifier"):]
+    for kind in ("math", "vqa", "mc"):
+        mine = [c for c in cands if c["cot_kind"] == kind]
+        correct = sum(c["cot_correct"] for c in mine)
+        passed = sum(c["cot_verdict"] == "pass" for c in mine)
+        row = (f"<td>{kind}</td><td>{len(mine):,}</td><td>{correct} ({correct / len(mine):.1%})</td>"
+               f"<td>{passed} ({passed / len(mine):.1%})</td>")
+        assert row in section, row
+    for reason in ("truncated", "too_long", "repetition"):
+        failing = [c for c in cands if c["cot_quality_reason"] == reason]
+        verified = sum(c["cot_correct"] for c in failing)
+        row = (f"<td>quality</td><td>{reason}</td><td>{len(failing)} ({len(failing) / len(cands):.1%})</td>"
+               f"<td>{verified:,}</td>")
+        assert row in section, row
+    wrong = sum(c["cot_verify_reason"] == "wrong_answer" for c in cands)
+    assert f"<td>verifier</td><td>wrong_answer</td><td>{wrong} ({wrong / len(cands):.1%})</td><td>0</td>" in section
+
+
+def test_report_of_a_mix_shows_per_source_counts_and_token_lengths(tmp_path):
+    from jobs.report import build_report
+    from tests.synthetic_job import write_job
+
+    out = write_job(tmp_path / "mix", 400, mix=True)  # the mix's own manifest schema: no text column
+    page = Path(build_report(str(out))).read_text()
+    stats = json.loads((out / "stats.json").read_text())
+    assert "<h2>Sources</h2>" in page and "<h2>Funnel</h2>" not in page
+    for name, s in stats["sources"].items():
+        row = (f"<td>{name}</td><td>job</td><td>{s['asked_share']:.2%}</td><td>{s['achieved_share']:.2%}</td>"
+               f"<td>{s['samples']:,}</td><td>{s['tokens']:,}</td><td>{s['repeated_samples']:,}</td>")
+        assert row in page, row
+    assert "source ocr: asked 70 but short" in page
+    manifest = pq.read_table(out / "manifest.parquet")
+    _, lo, hi, _ = histogram(page, "n_tokens")  # token lengths of the kept samples
+    tokens = manifest["n_tokens"].to_pylist()
+    assert f"n={len(tokens)} ({len(tokens)} kept, 0 dropped)" in page
+    assert lo <= min(tokens) and hi >= max(tokens)
