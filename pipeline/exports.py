@@ -5,8 +5,10 @@ annotations, ``KEY.0.jpg`` ..., ``KEY.input_ids.npy``) and writes ``OUT/exports/
 the images under ``images/`` (named by content hash: the samples built from one image share one file),
 ``export.json`` (counts, skipped samples by reason, the settings the trainer needs) and a ready config
 fragment; beside each ``NAME.jsonl`` a ``NAME.ids`` holds the shard key of each line. ``export_all(out,
-trainers)`` does it for each trainer of ``output.exports``. Every path in an export is relative to its
-folder, so a job folder can be moved or copied.
+trainers)`` does it for each trainer of ``output.exports``. ``export_jobs(jobs, dest, trainers)`` exports
+several finished jobs into one place, ``DEST/<trainer>/``, each key qualified by its job's ``input.name``
+(``NAME-ID``, as the mixing step): two datasets with one relative layout have the same ids. Every path in an
+export is relative to its folder, so a job folder can be moved or copied.
 
 The rule: a sample the trainer (at the version named) reads with the stated settings into other tokens than
 the shard's is never exported; it is skipped with the reason counted in ``export.json``.
@@ -18,16 +20,18 @@ the shard's is never exported; it is skipped with the reason counted in ``export
   pixel limits bound the resize and the image is not pre-resized) are skipped. A video is its planned
   frames (a nested list of images). Its frame lists are read at one ``video_fps`` for the whole dataset:
   videos with another ``sample_fps`` than the first are skipped.
-  Its ``pt`` stage tokenizes text only (no image plugin), so pretraining-layout samples with images are
-  skipped.
+  Its ``pt`` stage tokenizes ``text + tokenizer.eos_token`` only (no image plugin; its collator is
+  transformers' ``DataCollatorForLanguageModeling``; the eos is ``<|im_end|>`` after the Qwen templates'
+  ``replace_eos``), so pretraining-layout samples (images, ``<|endoftext|>``) are skipped.
 - ``swift`` (ms-swift 4.6): ``{"messages", "images" | "videos"}``; grounding samples of the qwen2-vl and
   qwen2.5-vl dialects use its grounding form (``<ref-object>`` / ``<bbox>`` and ``"objects"``), each box
   written so that ms-swift's ``int(round(x / W * N))`` gives back the shard's integer coordinate (N = 1000 for
   qwen2-vl, the resized side for qwen2.5-vl): ``c * W / N``, the shard's integers when the stored image is
-  pre-resized. Pretraining-layout samples: one assistant message ``<image>CAPTION`` in ``data_pt.jsonl`` for
-  ``swift pt`` when text only; with images they are skipped: ``swift pt`` ends a sample with the tokenizer's
-  ``eos_token`` (``<|im_end|>`` for the Qwen2.5-VL tokenizer) where the shard has ``<|endoftext|>``, its
-  tokens otherwise identical (checked by ``make conformance``). ``swift.sh`` holds the flags and environment. Videos: ms-swift passes a frame list to
+  pre-resized. Pretraining-layout samples: one assistant message ``<image>CAPTION<|endoftext|>`` in
+  ``data_pt.jsonl`` for ``swift pt`` (no chat template; it masks the vision block as the shard does): ms-swift appends
+  the tokenizer's eos (``<|im_end|>``) only to a response that does not already end in a stop word, and
+  ``<|endoftext|>`` is one of the Qwen templates' stop words, so the tokens and labels are the shard's.
+  ``swift.sh`` holds the flags and environment. Videos: ms-swift passes a frame list to
   qwen-vl-utils 0.0.14's ``fetch_video``, which resizes each frame to a multiple of 56 pixels, and it reads
   frame lists at 2 fps; other videos are skipped.
 - ``qwen``: the official Qwen2.5-VL fine-tuning code's ``{"image", "conversations"}``; its loader takes a video
@@ -51,6 +55,7 @@ import pyarrow as pa
 import yaml
 
 from formatters.builders import message_text, render_template
+from formatters.chatml import ENDOFTEXT
 from formatters.qwen import FACTOR, convert_box, smart_resize
 from pipeline.storage import Store
 
@@ -219,8 +224,9 @@ def _swift_objects(doc: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
 def to_swift(doc: dict[str, Any], media: list[str]) -> dict[str, Any] | str:
     """ms-swift standard dataset format; grounding with ``<ref-object>`` / ``<bbox>`` and ``objects``."""
     meta, messages = doc.get("meta") or {}, doc.get("messages") or []
-    if _is_pretrain(doc) and media:
-        return "swift_pt_ends_with_the_tokenizer_eos"
+    if _is_pretrain(doc):  # `swift pt` appends no eos to a response that already ends in a stop word
+        return _with_media({"messages": [{"role": "assistant", "content": _content(messages[0]) + ENDOFTEXT}]},
+                           messages, media)
     if _is_video(messages):
         if any(v % SWIFT_FRAME_FACTOR for size in meta.get("image_sizes") or [] for v in size):
             return "swift_video_frames_resized_to_56px_multiples"
@@ -297,8 +303,8 @@ def to_hf(doc: dict[str, Any], media: list[tuple[str, bytes]]) -> dict[str, Any]
             "meta": json.dumps(doc.get("meta") or {}, sort_keys=True, ensure_ascii=False)}
 
 
-def _export_hf(store: Store) -> dict[str, Any]:
-    folder = ("exports", "hf")
+def _export_hf(samples: Iterator[tuple[str, dict[str, Any], list[tuple[str, bytes]]]], store: Store,
+               folder: tuple[str, ...]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     files: list[str] = []
     metadata = {b"huggingface": json.dumps({"info": {"features": HF_FEATURES}}).encode()}
@@ -310,7 +316,7 @@ def _export_hf(store: Store) -> dict[str, Any]:
         rows.clear()
 
     n = 0
-    for _key, doc, media in iter_shard_samples(store):
+    for _key, doc, media in samples:
         rows.append(to_hf(doc, media))
         n += 1
         if len(rows) >= HF_ROWS_PER_FILE:
@@ -396,13 +402,65 @@ HOW_TO_LOAD = {
 
 def export(out: str, trainer: str) -> dict[str, Any]:
     """Write ``OUT/exports/<trainer>/`` from the job's shards; returns the summary written to export.json."""
-    if trainer not in TRAINERS:
-        raise ValueError(f"unknown trainer {trainer!r} (known: {', '.join(TRAINERS)})")
+    _check_trainers([trainer])
     store = Store(out)
-    folder = ("exports", trainer)
+    return _export(iter_shard_samples(store), store, ("exports", trainer), trainer)
+
+
+def export_all(store_uri: str, trainers: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Export the job at ``store_uri`` for each trainer (``output.exports``); {trainer: summary}."""
+    return {t: export(store_uri, t) for t in dict.fromkeys(trainers)}
+
+
+def _check_trainers(trainers: list[str] | tuple[str, ...]) -> None:
+    for trainer in trainers:
+        if trainer not in TRAINERS:
+            raise ValueError(f"unknown trainer {trainer!r} (known: {', '.join(TRAINERS)})")
+
+
+def qualified_key(name: str, key: str) -> str:
+    """A sample's key where several jobs meet: the job's ``input.name``, then its id (as the mixing step)."""
+    return f"{name}-{key}"
+
+
+def input_name(job: str) -> str:
+    """The ``input.name`` of the finished job at ``job`` (from its job.json); a one-line error without it."""
+    store = Store(job)
+    if not store.exists("job.json"):
+        raise ValueError(f"{job}: not a finished vlcurate job folder (no job.json)")
+    name = (json.loads(store.read_bytes("job.json")).get("recipe", {}).get("input") or {}).get("name")
+    if not name:
+        raise ValueError(f"{job}: set input.name in its recipe (it qualifies the keys of jobs exported together)")
+    return name
+
+
+def export_jobs(jobs: list[str], dest: str, trainers: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Export several finished jobs into one place, ``DEST/<trainer>/``, for each trainer. Two datasets with the
+    same relative layout have the same ids (the id hashes the relative path), so every key (the ``.ids`` files,
+    the ``hf`` rows' ``id``) is qualified by its job's ``input.name``, which each job must set and which must
+    differ; {trainer: summary}."""
+    _check_trainers(trainers)
+    names = [input_name(j) for j in jobs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"input.name {', '.join(repeated)} names several of the jobs: the names must differ")
+    store = Store(dest)
+
+    def samples() -> Iterator[tuple[str, dict[str, Any], list[tuple[str, bytes]]]]:
+        for name, job in zip(names, jobs, strict=True):
+            for key, doc, media in iter_shard_samples(Store(job)):
+                key = qualified_key(name, key)
+                yield key, {**doc, "id": key}, media
+
+    return {t: _export(samples(), store, (t,), t) for t in dict.fromkeys(trainers)}
+
+
+def _export(samples: Iterator[tuple[str, dict[str, Any], list[tuple[str, bytes]]]], store: Store,
+            folder: tuple[str, ...], trainer: str) -> dict[str, Any]:
+    """Write ``folder`` of ``store`` from the samples (key, JSON, media); returns the summary in export.json."""
     store.delete_dir(*folder)
     if trainer == "hf":
-        summary = _export_hf(store)
+        summary = _export_hf(samples, store, folder)
         store.write_bytes(json.dumps(summary, indent=2).encode(), *folder, "export.json")
         return summary
     files: dict[str, list[str]] = {"data.jsonl": []}
@@ -411,7 +469,7 @@ def export(out: str, trainer: str) -> dict[str, Any]:
     written: set[str] = set()
     exported: list[dict[str, Any]] = []
     video_fps: float | None = None
-    for key, doc, media in iter_shard_samples(store):
+    for key, doc, media in samples:
         # media files are named by content: the many samples built from one image share one file
         names = [f"images/{hashlib.sha1(data).hexdigest()[:20]}.{suffix.partition('.')[2]}"
                  for suffix, data in media]
@@ -450,8 +508,3 @@ def export(out: str, trainer: str) -> dict[str, Any]:
                "settings": settings, "how_to_load": HOW_TO_LOAD[trainer]}
     store.write_bytes(json.dumps(summary, indent=2).encode(), *folder, "export.json")
     return summary
-
-
-def export_all(store_uri: str, trainers: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Export the job at ``store_uri`` for each trainer (``output.exports``); {trainer: summary}."""
-    return {t: export(store_uri, t) for t in dict.fromkeys(trainers)}

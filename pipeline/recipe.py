@@ -27,6 +27,7 @@ class Section(BaseModel):
 
 class InputSpec(Section):
     path: str
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")  # qualifies keys where several jobs meet (exports)
     format: str = "jsonl"
     image_column: str = "image"
     text_column: str = "caption"
@@ -120,6 +121,7 @@ class Recipe:
             stage.pop("actors", None)
         out["output"].pop("exports", None)
         out["output"].pop("report", None)
+        out["input"].pop("name", None)  # a label: names the keys where jobs meet, never what is kept
         out["stage_order"] = list(out["stages"])  # the identity is compared as sorted JSON: keep the order
         return out
 

@@ -128,11 +128,13 @@ def run_swift(export: Path, model_dir: str) -> list[tuple[str, dict[str, Any]]]:
     env = {**os.environ, **summary["settings"]["env"]}
     got = []
     for name in summary["data"]:
+        keys = (export / name.replace(".jsonl", ".ids")).read_text().split()
+        if not keys:  # data.jsonl is listed even when every sample is a pretraining one (data_pt.jsonl)
+            continue
         proc = subprocess.run([sys.executable, __file__, "--swift-child", str(export), name, model_dir],
                               env=env, cwd=export, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(proc.stderr[-3000:])
-        keys = (export / name.replace(".jsonl", ".ids")).read_text().split()
         rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         assert len(rows) == len(keys), (len(rows), len(keys))
         got += list(zip(keys, rows, strict=True))

@@ -44,7 +44,7 @@ def test_jsonl_relative_absolute_and_hf_struct(tmp_path):
     assert rows[2]["images"][0] == data
     assert rows[1]["meta"]["url"] == "http://x/y.png"
     assert [r["id"] for r in rows] == [make_id("d.jsonl", i) for i in (1, 2, 3)]
-    assert all(len(r["id"]) == 16 and int(r["id"], 16) >= 0 for r in rows)
+    assert all(len(r["id"]) == 32 and int(r["id"], 16) >= 0 for r in rows)
     assert [r["source"] for r in rows] == ["d.jsonl:1", "d.jsonl:2", "d.jsonl:3"]
 
 

@@ -3,9 +3,9 @@ import pyarrow as pa
 from pipeline.schema import concat, make_id, rows_to_table, table_to_rows
 
 
-def test_ids_are_16_hex_and_stable():
+def test_ids_are_32_hex_and_stable():
     assert make_id("a/b.jsonl", 3) == make_id("a/b.jsonl", 3) != make_id("a/b.jsonl", 4)
-    assert len(make_id("x", "y")) == 16 and int(make_id("x", "y"), 16) >= 0
+    assert len(make_id("x", "y")) == 32 and int(make_id("x", "y"), 16) >= 0  # 128 bits
 
 
 def test_rows_round_trip_with_json_columns():
