@@ -8,12 +8,14 @@ import re
 import shutil
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
+from transformers import AutoTokenizer
 
 from formatters.builders import message_text
 from model.tiny import build_tiny_tokenizer
@@ -360,7 +362,6 @@ def test_grounding_job_exports_match_the_manifest(ray_local, tokenizer_dir, tmp_
 
 
 def test_hf_export_loads_with_datasets_and_decodes_to_the_shards_pixels(job, tmp_path) -> None:
-    datasets = pytest.importorskip("datasets")  # the dev extra installs it
     out, rows, summaries = job
     assert summaries["hf"]["samples"] == len(rows) and summaries["hf"]["skipped"] == {}
     ds = datasets.load_dataset("parquet", data_files=str(out / "exports" / "hf" / "data-*.parquet"),
@@ -368,10 +369,11 @@ def test_hf_export_loads_with_datasets_and_decodes_to_the_shards_pixels(job, tmp
     assert isinstance(ds.features["images"].feature, datasets.Image)
     by_id = {r["id"]: r for r in rows}
     assert sorted(ds["id"]) == sorted(by_id)
+    shard_media = {key: [data for _, data in media] for key, _, media in iter_shard_samples(Store(str(out)))}
     for sample in ds:
         row = by_id[sample["id"]]
-        assert len(sample["images"]) == len(row["images"])
-        for got, data in zip(sample["images"], row["images"], strict=True):
+        assert len(sample["images"]) == len(shard_media[sample["id"]]) == len(row["images"])
+        for got, data in zip(sample["images"], shard_media[sample["id"]], strict=True):  # as read from the tars
             assert np.array_equal(np.asarray(got), np.asarray(Image.open(io.BytesIO(data))))
         assert sample["input_ids"] == list(row["input_ids"]) and sample["labels"] == list(row["labels"])
         assert ["".join(p["text"] for p in m["content"] if p["type"] == "text") for m in sample["messages"]] == [
@@ -471,8 +473,6 @@ def test_swift_pt_record_tokenizes_to_the_shards_pretraining_sample(job, tokeniz
     """`swift pt` (no chat template) reads the one assistant message as it is: with each ``<image>`` expanded to
     the vision block, its tokens are the shard's, ``<|endoftext|>`` last (ms-swift appends no eos after a stop
     word). Labels too are checked through ms-swift itself by ``make conformance``."""
-    from transformers import AutoTokenizer
-
     out, rows, _ = job
     (record,) = lines(out, "swift", "data_pt.jsonl")
     (key,) = (out / "exports" / "swift" / "data_pt.ids").read_text().split()
