@@ -951,3 +951,37 @@ def build_kie(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
 
 BUILDERS["kie"] = Builder(build_kie, {"fields": [], "max_per_task": None, "line_tolerance": 0.5},
                           summary="WildReceipt: key field by class name -> its texts with quads")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Interleaved image–text documents (OBELICS layout)
+
+
+def build_interleaved(row: Mapping[str, Any], cfg: BuildConfig) -> Result:
+    """A document's texts and images in reading order (``annotations["texts"]``: the texts with null where the
+    next of the row's images goes) -> one pretraining sample: one assistant turn whose parts are the texts and
+    one image part per image in order, ``meta["layout"] = "interleaved"`` (tokens.tokenize_interleaved: text as
+    is, one vision block per image, ``<|endoftext|>``; labels on every text token). Adjacent texts are joined
+    by option ``separator``."""
+    opts = options_for("interleaved", cfg.options)
+    texts = _dict(row.get("annotations")).get("texts")
+    images = list(row.get("images") or [])
+    if not isinstance(texts, list) or sum(t is None for t in texts) != len(images):
+        return "interleaved_misaligned"
+    if not any(isinstance(t, str) and t.strip() for t in texts):
+        return "no_text"
+    stored, sizes, originals = prepare_images(images, cfg) if images else ([], [], [])
+    parts: list[dict[str, Any]] = []
+    for t in texts:
+        if t is None:
+            parts.append({"type": "image"})
+        elif t:
+            joined = parts and parts[-1]["type"] == "text"
+            parts.append({"type": "text", "text": opts["separator"] + t if joined else t})
+    messages = [{"role": "assistant", "content": parts}]
+    return [_sample(row, "interleaved", "interleaved", cfg, messages, stored, sizes, originals,
+                    _dict(row.get("annotations")), layout="interleaved")]
+
+
+BUILDERS["interleaved"] = Builder(build_interleaved, {"separator": "\n\n"},
+                                  summary="interleaved document: texts and images in reading order, pretraining")

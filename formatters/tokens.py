@@ -15,10 +15,12 @@ from formatters.chatml import (
     ENDOFTEXT,
     IM_END,
     IM_START,
+    IMAGE_BLOCK,
     IMAGE_PAD,
     VIDEO_PAD,
     VISION_END,
     VISION_START,
+    part_kind,
     render,
     render_caption_pretrain,
     turns,
@@ -128,5 +130,19 @@ def tokenize_caption(
     vision_ends = np.flatnonzero(input_ids == _token_id(tokenizer, VISION_END))
     first = int(vision_ends[-1]) + 1 if len(vision_ends) else 0
     labels[first:] = input_ids[first:]
+    _mask_vision(input_ids, labels, tokenizer)
+    return input_ids, labels
+
+
+def tokenize_interleaved(
+    messages: Sequence[Mapping[str, Any]], tokenizer: Any, image_tokens: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and labels of an interleaved image–text document in the pretraining layout: the parts of its
+    turns in order (text as is, one vision block per image), then ``<|endoftext|>``; labels on every text token
+    and ``<|endoftext|>``, vision tokens −100."""
+    body = "".join(IMAGE_BLOCK if part_kind(p) == "image" else str(p.get("text", ""))
+                   for m in messages for p in m["content"])
+    input_ids = _encode(tokenizer, expand_vision_pads(body + ENDOFTEXT, image_tokens, []))
+    labels = input_ids.copy()
     _mask_vision(input_ids, labels, tokenizer)
     return input_ids, labels

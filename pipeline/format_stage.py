@@ -18,7 +18,7 @@ from typing import Any
 from filters.base import Stage
 from formatters.builders import BUILDERS, BuildConfig, message_text, options_for
 from formatters.qwen import image_grid
-from formatters.tokens import tokenize_caption, tokenize_chat
+from formatters.tokens import tokenize_caption, tokenize_chat, tokenize_interleaved
 from model.tokenizer import NAME as BUILTIN_TOKENIZER
 from model.tokenizer import ensure_built, qwen_tokenizer
 from pipeline.recipe import FormatSpec
@@ -121,7 +121,9 @@ class Format(Stage):
             image_grids = [list(image_grid(h, w, lo, hi)) for w, h in meta["image_sizes"]]
         image_tokens = [_tokens(g) for g in image_grids]
         video_tokens = [_tokens(g) for g in video_grids]
-        if meta.get("layout") == "pretrain":
+        if meta.get("layout") == "interleaved":
+            input_ids, labels = tokenize_interleaved(messages, self.tokenizer, image_tokens)
+        elif meta.get("layout") == "pretrain":
             caption = "".join(message_text(m) for m in messages)
             input_ids, labels = tokenize_caption(caption, self.tokenizer, image_tokens)
         else:

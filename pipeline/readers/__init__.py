@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.readers.base import Partition, check_not_empty, fingerprint
 from pipeline.readers.captions import CocoCaptionsReader, Flickr30kReader
 from pipeline.readers.grounding import CocoReader, RefCocoReader
+from pipeline.readers.interleaved import InterleavedReader
 from pipeline.readers.mc import McJsonlReader
 from pipeline.readers.ocr import Icdar2015Reader, WildReceiptReader
 from pipeline.readers.qa import (
@@ -43,6 +44,7 @@ READERS: dict[str, Any] = {
     "humaneval": HumanEvalReader(),
     "qa_jsonl": QaJsonlReader(),
     "mc_jsonl": McJsonlReader(),
+    "interleaved": InterleavedReader(),
     "video": VideoReader(),
     "flickr30k": Flickr30kReader(),
     "coco_captions": CocoCaptionsReader(),

@@ -40,7 +40,14 @@ def make_job(folder: Path, n: int, seed: int, lo: int = 20, hi: int = 400, image
                      "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],
                      "images": [images[i]] if images and i in images else [],
                      "input_ids": ids, "labels": ids, "n_tokens": length})
-    rows.sort(key=lambda r: r["id"])
+    return write_job(folder, rows, input_name)
+
+
+def write_job(folder: Path, rows: list[dict], input_name: str | None = None) -> Path:
+    """Formatted rows (id, text, messages, images, meta, input_ids, labels, n_tokens ...) written as a finished
+    job folder: shards/ by the project's shard writer, manifest.parquet, stats.json (+ job.json naming
+    input.name)."""
+    rows = sorted(rows, key=lambda r: r["id"])
     shard_of = {}
     for k in range(SHARDS):
         piece = rows[k::SHARDS]
