@@ -26,7 +26,7 @@ import numpy as np
 from formatters.draw import thumbnail
 from pipeline import thumbs
 from pipeline.storage import Store
-from pipeline.tar import iter_entries
+from pipeline.tar import split_name
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right;
@@ -155,14 +155,38 @@ def _kept_thumbs(store: Store, wanted: dict[str, str]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for shard, ids in sorted(by_shard.items()):
         try:
-            for key, suffix, data in iter_entries(store.read_bytes("shards", shard)):
-                if key in ids and key not in out and suffix.split(".")[0] == "0" and not suffix.endswith("npy"):
+            with store.fs.open_input_file(store.path("shards", shard)) as f:
+                for key, data in _first_images(f, ids):
                     thumb = thumbnail(data, thumbs.PX)
                     if thumb:
                         out[key] = thumb
-        except OSError:
+        except (OSError, ValueError):
             continue
     return out
+
+
+def _first_images(f: Any, ids: set[str]) -> Any:
+    """(key, bytes of its image 0) for the keys in ``ids``, from a shard tar opened for random access: only the
+    512-byte headers are read until every key is found, and the wanted images (a shard of a real job is up to
+    ``output.shard_bytes``, 1 GB by default; the report shows a few of its samples)."""
+    left, name, pos = set(ids), None, 0
+    size_total = f.size()
+    while left and pos + 512 <= size_total:
+        f.seek(pos)
+        header = f.read(512)
+        if header == b"\0" * 512:
+            break
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        kind, pos = header[156:157], pos + 512
+        if kind == b"L":  # GNU long name: the next entry's name is this entry's data
+            name = f.read(size).split(b"\0", 1)[0].decode()
+        elif kind in (b"0", b"\0"):
+            key, suffix = split_name(name or header[:100].split(b"\0", 1)[0].decode())
+            if key in left and suffix.split(".")[0] == "0" and not suffix.endswith("npy"):
+                left.discard(key)
+                yield key, f.read(size)
+            name = None
+        pos += -(-size // 512) * 512
 
 
 class Rows:

@@ -223,3 +223,19 @@ def test_report_of_a_mix_shows_per_source_counts_and_token_lengths(tmp_path):
     tokens = manifest["n_tokens"].to_pylist()
     assert f"n={len(tokens)} ({len(tokens)} kept, 0 dropped)" in page
     assert lo <= min(tokens) and hi >= max(tokens)
+
+
+def test_example_images_are_read_from_shard_headers_only():
+    """The report reads the few shown kept samples' first images by scanning the shard's tar headers (a GNU
+    long name included), and gets the same bytes as reading the whole tar."""
+    from jobs.report import _first_images
+    from pipeline.tar import iter_entries, tar_bytes
+
+    samples = [(f"{i:032x}" + ("x" * 120 if i == 7 else ""),
+                {"0.jpg": bytes([i]) * (i * 37 % 900 + 1), "1.jpg": b"p" * i, "json": b"{}", "input_ids.npy": b"n"})
+               for i in range(200)]
+    data = tar_bytes(samples)
+    want = {samples[3][0], samples[7][0], samples[199][0], "f" * 32}
+    got = dict(_first_images(pa.BufferReader(data), want))
+    assert got == {k: v for k, s, v in iter_entries(data) if k in want and s == "0.jpg"}
+    assert len(got) == 3 and got[samples[7][0]] == bytes([7]) * (7 * 37 % 900 + 1)
