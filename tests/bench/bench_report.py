@@ -10,8 +10,10 @@ a chain-of-thought candidates.parquet of K candidates for each of rows/10 prompt
 - ``build``: seconds of ``jobs.report.build_report`` (reads the parquet files, the example shards and the
   thumbnails, writes report.html), median of ``--runs``;
 - ``size``: report.html in bytes;
-- ``render``: seconds headless Chromium takes to load, lay out and paint the page into a screenshot, minus the
-  same for an empty page (Chromium's own start-up), median of ``--runs``; skipped when chromium is absent.
+- ``render``: in headless Chromium, the seconds from navigation start until the page is parsed and laid out
+  (read from the page: a script at its end forces layout and records ``performance.now()``), and the seconds a
+  screenshot of it takes beyond one of an empty page (Chromium's own start-up), medians of ``--runs``; skipped
+  when chromium is absent. Both must be under 2 s.
 
 This is a script, not a pytest test (the file name does not match test_*.py).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -35,6 +38,19 @@ from tests.synthetic_job import write_job  # noqa: E402
 
 MAX_BYTES = 5 * 1024 * 1024
 MAX_RENDER_S = 2.0
+
+
+PROBE = ("<script>document.body.offsetHeight;"  # forces style and layout of the whole page
+         "document.body.setAttribute('data-laid-out-ms', performance.now())</script>")
+
+
+def layout_seconds(chromium: str, page: Path, probe: Path) -> float:
+    """Seconds from navigation start until the page is parsed and laid out (images decoded into it), read from
+    the page itself: a copy of it with a script at the end that forces layout and records performance.now()."""
+    probe.write_text(page.read_text() + PROBE)
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=300, check=True)
+    return float(re.search(r'data-laid-out-ms="([0-9.]+)"', proc.stdout).group(1)) / 1000
 
 
 def screenshot_seconds(chromium: str, page: Path, png: Path) -> float:
@@ -71,15 +87,17 @@ def main() -> int:
         else:
             empty = Path(tmp) / "empty.html"
             empty.write_text("<!doctype html><title>empty</title>")
-            base, full = [], []
+            base, full, layout = [], [], []
             for _ in range(args.runs):
                 base.append(screenshot_seconds(chromium, empty, Path(tmp) / "e.png"))
                 full.append(screenshot_seconds(chromium, page, Path(tmp) / "r.png"))
+                layout.append(layout_seconds(chromium, page, Path(tmp) / "probe.html"))
             render = statistics.median(full) - statistics.median(base)
-            ok = ok and render < MAX_RENDER_S
-            print(f"render: {render:.2f} s in headless Chromium (page {statistics.median(full):.2f} s - empty page "
-                  f"{statistics.median(base):.2f} s; limit {MAX_RENDER_S} s: "
-                  f"{'ok' if render < MAX_RENDER_S else 'OVER'})")
+            ok = ok and max(render, statistics.median(layout)) < MAX_RENDER_S
+            print(f"render: parsed and laid out {statistics.median(layout):.2f} s after navigation start (median; "
+                  f"{', '.join(f'{x:.2f}' for x in layout)}); screenshot {render:.2f} s longer than an empty page's "
+                  f"(page {statistics.median(full):.2f} s - empty {statistics.median(base):.2f} s); limit "
+                  f"{MAX_RENDER_S} s: {'ok' if max(render, statistics.median(layout)) < MAX_RENDER_S else 'OVER'}")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     return 0 if ok else 1
 
