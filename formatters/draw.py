@@ -168,7 +168,7 @@ def frame_strip(frames: Sequence[Image.Image], labels: Sequence[str], height: in
     for im, label in zip(frames, labels, strict=False):
         w = max(1, round(im.width * height / im.height))
         tiles.append(stack([im.resize((w, height)), text_panel([(label, MUTED)], w, 12)], gap=0))
-    rows = [stack(tiles[i:i + per_row], vertical=False) for i in range(0, len(tiles), per_row)]
+    rows = grid(tiles, per_row)
     return stack(rows)
 
 
@@ -177,23 +177,31 @@ def contact_sheet(tiles: Sequence[tuple[bytes | None, Sequence[str]]], title: st
     """A grid of (thumbnail bytes or None, caption lines) tiles under a title; a missing thumbnail is a grey
     square saying so."""
     cell_w = px + 100
-    cells = []
-    for data, caption in tiles:
-        box = Image.new("RGB", (cell_w, px), (235, 235, 235))
+    cells = [stack([picture_box(data, cell_w, px, "no image kept"),
+                    text_panel([(c, INK) for c in caption], cell_w, 11)], gap=0) for data, caption in tiles]
+    return stack([text_panel([(title, INK)], max(640, cell_w * min(columns, max(1, len(cells)))), 16),
+                  *grid(cells, columns)])
+
+
+def picture_box(data: bytes | None, width: int, px: int, missing: str) -> Image.Image:
+    """A grey ``width`` x ``px`` box with the picture in ``data`` scaled into it and centred, or ``missing``
+    written in it when there is none (or the bytes do not decode)."""
+    box = Image.new("RGB", (width, px), (235, 235, 235))
+    try:
+        im = open_rgb(data) if data else None
+    except Exception:
         im = None
-        if data:
-            try:
-                im = open_rgb(data)
-                im.thumbnail((px, px))
-            except Exception:
-                im = None
-        if im is not None:
-            box.paste(im, ((cell_w - im.width) // 2, (px - im.height) // 2))
-        else:
-            ImageDraw.Draw(box).text((8, px // 2 - 8), "no image kept", fill=MUTED, font=font(12))
-        cells.append(stack([box, text_panel([(c, INK) for c in caption], cell_w, 11)], gap=0))
-    rows = [stack(cells[i:i + columns], vertical=False) for i in range(0, len(cells), columns)]
-    return stack([text_panel([(title, INK)], max(640, cell_w * min(columns, max(1, len(cells)))), 16), *rows])
+    if im is not None:
+        im.thumbnail((px, px))
+        box.paste(im, ((width - im.width) // 2, (px - im.height) // 2))
+    else:
+        ImageDraw.Draw(box).text((8, px // 2 - 8), missing, fill=MUTED, font=font(12))
+    return box
+
+
+def grid(cells: Sequence[Image.Image], columns: int) -> list[Image.Image]:
+    """Cells in rows of ``columns``, each row one image."""
+    return [stack(cells[i:i + columns], vertical=False) for i in range(0, len(cells), columns)]
 
 
 SPAN_HEIGHT = 28
@@ -224,22 +232,9 @@ def pack_sheet(members: Sequence[tuple[bytes | None, str, int, int]], max_len: i
     cells = []
     for k, (data, member_id, start, end) in enumerate(members):
         color = COLORS[k % len(COLORS)]
-        box = Image.new("RGB", (cell_w, px + 8), color)
-        inner = Image.new("RGB", (cell_w - 8, px), (235, 235, 235))
-        im = None
-        if data:
-            try:
-                im = open_rgb(data)
-                im.thumbnail((px, px))
-            except Exception:
-                im = None
-        if im is not None:
-            inner.paste(im, ((inner.width - im.width) // 2, (px - im.height) // 2))
-        else:
-            ImageDraw.Draw(inner).text((8, px // 2 - 8), "text only", fill=MUTED, font=font(12))
-        box.paste(inner, (4, 4))
+        box = Image.new("RGB", (cell_w, px + 8), color)  # the frame
+        box.paste(picture_box(data, cell_w - 8, px, "text only"), (4, 4))
         lines = [(f"{k}: {member_id}", INK), (f"tokens {start}-{end} ({end - start})", INK)]
         cells.append(stack([box, text_panel(lines, cell_w, 11)], gap=0))
-    rows = [stack(cells[i:i + columns], vertical=False) for i in range(0, len(cells), columns)]
     spans = [(start, end) for _, _, start, end in members]
-    return stack([text_panel([(title, INK)], width, 16), span_bar(spans, max_len, width), *rows])
+    return stack([text_panel([(title, INK)], width, 16), span_bar(spans, max_len, width), *grid(cells, columns)])
