@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import io
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -18,6 +19,7 @@ from model.backends.base import MAX_PIXELS, MIN_PIXELS, check_model_dir, resize
 
 QA_PROMPT = ('Question: "{question}"\nAnswer: "{answer}"\n'
              "Is this answer correct and supported by the image? Answer yes or no.")
+AHEAD = 2  # model calls prepared ahead of the one on the model: absorbs calls whose images take longer
 DECIMALS = 4  # scores are rounded: left padding moves the last bits with a row's batchmates (see Relevance)
 
 
@@ -44,7 +46,9 @@ class Relevance(Stage):
 
     Model calls hold exactly ``batch_size`` items (the last one padded with copies), as the CLIP scorer does;
     a caller hands ``score`` up to ``Relevance.batch_size`` rows at once, and with ``prefetch`` a thread
-    decodes and resizes the next model batch while the current one is on the model.
+    decodes and resizes the next model calls (``AHEAD`` of them) while the current one is on the model. The
+    captions of a row share its decoded images, and the ``transformers`` backend runs the vision tower once
+    for items sharing them (a row's captions split over two model calls are encoded once in each).
 
     Decision over the pool: a row whose yes/no ``mass`` is below ``min_mass`` (the model did not answer the
     question) is dropped ``relevance_unsure``; then at most one of ``min_p_yes`` (a threshold) or
@@ -175,14 +179,14 @@ class Relevance(Stage):
             return items
 
         answers = []
-        pending: Future | None = None
+        ahead: deque[Future] = deque()  # preparations queued on the one prefetch thread, run in order
         for k, call in enumerate(calls):
             if self._prefetcher is None:
                 items = prepare(call)
-            else:  # every preparation runs on the one prefetch thread, in order
-                items = (pending or self._prefetcher.submit(prepare, call)).result()
-                if k + 1 < len(calls):
-                    pending = self._prefetcher.submit(prepare, calls[k + 1])
+            else:
+                while len(ahead) <= AHEAD and k + len(ahead) < len(calls):
+                    ahead.append(self._prefetcher.submit(prepare, calls[k + len(ahead)]))
+                items = ahead.popleft().result()
             padded = items + [items[-1]] * (p.batch_size - len(items))
             answers.extend(self.backend.score_yes_no(padded)[:len(items)])
         return self._columns(batch, questions, answers)

@@ -1,5 +1,9 @@
 """The ``transformers`` backend: Qwen2.5-VL in this process, on CPU or CUDA (bf16 + SDPA there), batched
-with left padding. The tested default."""
+with left padding. The tested default.
+
+Items of one call that hold the same image objects (a row's several captions, as the relevance stage hands
+them) share one pass of the vision tower: its output goes to the language model for each of them
+(``mm_encoder_outputs``), so an image is encoded once however many texts are asked about it."""
 
 from __future__ import annotations
 
@@ -45,10 +49,11 @@ class TransformersBackend(Backend):
                  attn_implementation: str = "sdpa") -> None:
         import torch
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         super().__init__(min_pixels, max_pixels)
         check_model_dir(model)
-        self.torch = torch
+        self.torch, self.encoded = torch, BaseModelOutputWithPooling
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         on_cuda = self.device.startswith("cuda")
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if on_cuda else torch.float32)
@@ -71,11 +76,34 @@ class TransformersBackend(Backend):
         inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         return inputs.to(self.device)
 
+    def _shared_inputs(self, items: Sequence[Item]) -> Any:
+        """``_inputs`` with each distinct set of image objects run through the vision tower once."""
+        inputs = self._inputs(items)
+        first: dict[tuple[int, ...], int] = {}
+        for i, it in enumerate(items):
+            first.setdefault(tuple(map(id, it.images)), i)
+        if "pixel_values" not in inputs or len(first) == len(items):
+            return inputs
+        torch = self.torch
+        grid = inputs.pop("image_grid_thw")
+        pixels = torch.split(inputs.pop("pixel_values"), grid.prod(-1).tolist())
+        starts = [0]
+        for it in items:
+            starts.append(starts[-1] + len(it.images))
+        owner = [first[tuple(map(id, it.images))] for it in items]  # the item whose images are encoded
+        encoded = sorted({k for i in set(owner) for k in range(starts[i], starts[i + 1])})
+        features = self.model.get_image_features(torch.cat([pixels[k] for k in encoded]), grid[encoded],
+                                                 return_dict=True).pooler_output
+        by_image = dict(zip(encoded, features, strict=True))
+        per_image = [by_image[starts[o] + m] for i, o in enumerate(owner) for m in range(len(items[i].images))]
+        return {**inputs, "image_grid_thw": grid,
+                "mm_encoder_outputs": {"image": self.encoded(pooler_output=tuple(per_image))}}
+
     def score_yes_no(self, items: Sequence[Item]) -> list[YesNo]:
         out: list[YesNo] = []
         for batch in _batches(items, self.batch_size):
             with self.torch.inference_mode():
-                logits = self.model(**self._inputs(batch), logits_to_keep=1, use_cache=False).logits[:, -1]
+                logits = self.model(**self._shared_inputs(batch), logits_to_keep=1, use_cache=False).logits[:, -1]
             probs = logits.float().softmax(-1)
             p_yes = probs[:, self.yes_ids].sum(-1).tolist()
             p_no = probs[:, self.no_ids].sum(-1).tolist()

@@ -76,6 +76,28 @@ def test_batched_scoring_equals_one_at_a_time(backend: TransformersBackend) -> N
     assert max(s.p_yes for s in single) - min(s.p_yes for s in single) > 1e-4  # the items do differ
 
 
+def test_items_sharing_images_encode_them_once(backend: TransformersBackend) -> None:
+    """A row's captions share its image objects: the vision tower sees each distinct image once per call, and
+    every score equals the item scored alone."""
+    photo, other = Image.new("RGB", (300, 200), (200, 90, 30)), Image.new("RGB", (120, 90), (20, 90, 200))
+    pair = [Image.new("RGB", (80, 60), (9, 9, 9)), Image.new("RGB", (60, 200))]
+    items = [Item([photo], "a red wall"), Item([photo], "a dog on a long caption"), Item(pair, "same?"),
+             Item([photo], "a third caption"), Item(pair, "the other question"), Item([other], "blue")]
+    seen: list[int] = []
+    hook = backend.model.model.visual.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        shared = backend.score_yes_no(items)  # batches of 4: [photo x2, pair, photo] and [pair, other]
+    finally:
+        hook.remove()
+    patches = {id(im): backend._inputs([Item([im], "")])["image_grid_thw"].prod().item()
+               for im in (photo, other, *pair)}
+    assert seen == [patches[id(photo)] + sum(patches[id(im)] for im in pair),
+                    sum(patches[id(im)] for im in pair) + patches[id(other)]]
+    for got, item in zip(shared, items, strict=True):
+        (alone,) = backend.score_yes_no([Item([im.copy() for im in item.images], item.prompt)])
+        assert abs(got.p_yes - alone.p_yes) <= 1e-5 and abs(got.mass - alone.mass) <= 1e-5 * alone.mass
+
+
 def test_scores_are_the_yes_no_share_of_the_next_token(backend: TransformersBackend) -> None:
     import torch
 
