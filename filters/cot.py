@@ -251,7 +251,8 @@ class CotVisual(Relevance):
     """Global, model: P(yes) that the response fits the image (``qa_prompt``, ``{question}`` / ``{answer}``), by
     the relevance stage's backend and scoring (``relevance_p_yes``, ``relevance_mass``). Drops nothing: below
     ``min_visual_consistency`` the candidate's ``cot_visual_reason`` is ``visual_inconsistent``, which
-    ``cot_select`` reads. Text-only candidates are not scored. Its cut parameters do not apply here."""
+    ``cot_select`` reads. Text-only candidates are not asked (``cot_visual_asked`` false; the image ones true),
+and need no model. Its cut parameters do not apply here."""
 
     class Params(Relevance.Params):
         qa_prompt: str = VISUAL_PROMPT
@@ -264,11 +265,18 @@ class CotVisual(Relevance):
         are text-only candidates needs no model)."""
 
     def score(self, batch: Batch) -> Batch:
-        if not self._questions(batch):
-            return {"relevance_p_yes": [None] * len(batch["id"]), "relevance_mass": [None] * len(batch["id"])}
-        if self.backend is None:
-            super().setup()
-        return super().score(batch)
+        asked = [bool(images) for images in batch["images"]]
+        if any(asked):
+            if self.backend is None:
+                super().setup()
+            out = super().score(batch)
+        else:
+            out = {"relevance_p_yes": [None] * len(asked), "relevance_mass": [None] * len(asked)}
+        # a text-only candidate has a score too (not asked): regen-sft then reuses it instead of loading the model
+        return {**out, "cot_visual_asked": asked}
+
+    def score_columns(self) -> list[str]:
+        return [*super().score_columns(), "cot_visual_asked"]
 
     def _questions(self, batch: Batch) -> list[tuple[int, list[str], bool]]:
         p = self.params

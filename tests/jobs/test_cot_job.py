@@ -93,6 +93,7 @@ def test_planted_candidates_sft_dpo_regen_and_resume(ray_local, tmp_path, capsys
     assert {by_id[cand_id(b, j)]["drop_reason"] for j in (0, 1)} == {"no_verified_candidate"}
     assert by_id[cand_id(a, 7)]["relevance_p_yes"] == pytest.approx(0.1)
     assert by_id[cand_id(c, 0)]["relevance_p_yes"] is None  # text-only: not asked
+    assert by_id[cand_id(c, 0)]["cot_visual_asked"] is False and by_id[cand_id(a, 0)]["cot_visual_asked"] is True
 
     # SFT: the shortest passing candidate of each prompt that has one
     manifest = rows(first, "manifest.parquet")
@@ -126,7 +127,7 @@ def test_planted_candidates_sft_dpo_regen_and_resume(ray_local, tmp_path, capsys
                                  (cand_id(a, 1), cand_id(a, 7), "visual_inconsistent")}
     again = {r["id"]: r for r in rows(second, "candidates.parquet")}
     assert {i: r["cot_text"] for i, r in again.items()} == {i: r["cot_text"] for i, r in by_id.items()}
-    assert json.loads((second / "stats.json").read_text())["stages"]["cot_visual"]["scores_reused"] == 10
+    assert json.loads((second / "stats.json").read_text())["stages"]["cot_visual"]["scores_reused"] == 13  # text-only too
 
     # a job stopped after its candidates were generated resumes without generating them again
     (tmp_path / "elsewhere").rename(tmp_path / "weights")
