@@ -10,8 +10,8 @@ of make_id(seed, source, id, copy) (copy 0 first; with `max_repeat: N` the copie
 own hash order, which is how a source is up-sampled), up to its quota. Each output sample keeps its
 lineage: the key `NAME-ID[-COPY]` and a `mix` entry in its JSON and in the manifest (source name, job folder or
 file, source id, copy). NAME qualifies the id, because two jobs whose inputs share a relative layout give the
-same ids by design: it is the source job's `input.name` (as in a multi-job export), else the source's
-`key_prefix`, else the mix's source name; two sources with one NAME are a one-line error.
+same ids by design: it is the source's `key_prefix` when set, else the source job's `input.name` (as in a
+multi-job export), else the mix's source name; two sources with one NAME are a one-line error.
 
 Sources (`kind`):
 - `job`: a finished vlcurate job folder (manifest.parquet + shards/); its samples are copied as they are
@@ -560,6 +560,8 @@ def run_mix(mix: Mix, out: str, overwrite: bool = False, log: Callable[[str], An
     log(f"[vlcurate] mix: writing {len(picks)} sample(s) from {len(sources)} source(s)")
     manifest = _write_shards(store, m.output.buckets, picks, packs)
     stats = _stats(mix, sources, picks, plan)
+    for w in stats["warnings"][len(plan.warnings):]:
+        log(f"vlcurate: warning: {w}")
     if packing:
         summary = write_pack_files(store, m.pack, vision_token_ids(m.format.tokenizer), _local_map, log=log)
         stats["pack"] = summary
@@ -668,7 +670,21 @@ def _stats(mix: Mix, sources: dict[str, Source], picks: list[Picked], plan: Plan
             "available_samples": len(src.items), "rejected": len(src.rejects),
         }
     return {"by": by, "seed": mix.model.seed, "total_asked": round(plan.total, 1), "total": total,
-            "samples": n_samples, "tokens": n_tokens, "sources": per_source, "warnings": plan.warnings}
+            "samples": n_samples, "tokens": n_tokens, "sources": per_source,
+            "warnings": plan.warnings + _coarse(plan, achieved, per_source, by)}
+
+
+def _coarse(plan: Plan, achieved: dict[str, int], per_source: dict[str, Any], by: str) -> list[str]:
+    """Sources whose selection missed their quota by over 1%: samples large next to a small quota (a small mix
+    by tokens) cannot hit it, and the shares drift; said, never silent."""
+    out = []
+    for n, quota in plan.quotas.items():
+        if abs(achieved[n] - quota) > 0.01 * quota:
+            s = per_source[n]
+            out.append(f"source {n}: gave {achieved[n]:,} {by} for a quota of {quota:,.0f} ({s['achieved_share']:.1%}"
+                       f" of the mix, {s['asked_share']:.1%} asked): its samples are coarse next to the quota; "
+                       "raise total")
+    return out
 
 
 def format_summary(out: str, stats: dict[str, Any]) -> list[str]:

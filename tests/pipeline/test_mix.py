@@ -182,6 +182,19 @@ def test_shortfall_is_a_warning_and_max_repeat_upsamples(jobs3, tmp_path):
     assert len(set(keys)) == 8000 and sum(k.endswith("-1") for k in keys) == 1000
 
 
+def test_a_quota_too_small_for_its_samples_is_a_warning(tmp_path):
+    """By tokens, a small mix whose quota for a source is smaller than its samples: the source cannot give its
+    share (the selection takes a sample only when that brings it nearer its quota); the mix says so."""
+    small = make_job(tmp_path / "small", 10, seed=1, lo=20, hi=30)
+    big = make_job(tmp_path / "big", 2, seed=2, lo=400, hi=500)
+    mix = parse_mix({"by": "tokens", "sources": {"small": {"path": str(small), "weight": 0.9},
+                                                 "big": {"path": str(big), "weight": 0.1}}})
+    stats = run_mix(mix, str(tmp_path / "o"), log=lambda m: None)
+    assert stats["sources"]["big"]["samples"] == 0
+    assert len(stats["warnings"]) == 1 and stats["warnings"][0].startswith("source big: gave 0 tokens for a quota of ")
+    assert "(0.0% of the mix, 10.0% asked)" in stats["warnings"][0]
+
+
 def test_cap_limits_a_source(jobs3, tmp_path):
     mix = parse_mix({"by": "samples", "sources": {
         "caption": {"path": str(jobs3["caption"]), "weight": 0.5, "cap": 500},
