@@ -682,8 +682,8 @@ def _coarse(plan: Plan, achieved: dict[str, int], per_source: dict[str, Any], by
         if abs(achieved[n] - quota) > 0.01 * quota:
             s = per_source[n]
             out.append(f"source {n}: gave {achieved[n]:,} {by} for a quota of {quota:,.0f} ({s['achieved_share']:.1%}"
-                       f" of the mix, {s['asked_share']:.1%} asked): its samples are coarse next to the quota; "
-                       "raise total")
+                       f" of the mix, {s['asked_share']:.1%} asked): its samples are large next to its quota, "
+                       "a mix this small cannot meet the share")
     return out
 
 
