@@ -64,11 +64,11 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def histogram_svg(kept: list[Any], dropped: list[Any], title: str, markers: list[tuple[float, str]] = (),
+def histogram_svg(kept: list[Any], dropped: list[Any] | None, title: str, markers: list[tuple[float, str]] = (),
                   bins: int = 30) -> str:
     """Kept and dropped values stacked in one histogram over their common range, each marker a vertical
     line (class ``cut``) at its value; the axis range is in the svg's ``data-lo`` / ``data-hi``."""
-    k, d = _finite(kept), _finite(dropped)
+    k, d = _finite(kept), _finite(dropped if dropped is not None else [])
     both = np.concatenate([k, d])
     if both.size == 0:
         return ""
@@ -103,7 +103,8 @@ def histogram_svg(kept: list[Any], dropped: list[Any], title: str, markers: list
     lines = "".join(f'<line class="cut" data-value="{value!r}" x1="{x(value):.2f}" x2="{x(value):.2f}" y1="0" '
                     f'y2="{HEIGHT}"><title>{html.escape(label)}</title></line>' for value, label in markers)
     cuts = "; ".join(html.escape(label) for _, label in markers)
-    return (f'<b>{html.escape(title)}</b> n={both.size} ({k.size} kept, {d.size} dropped), median '
+    split = "" if dropped is None else f" ({k.size} kept, {d.size} dropped)"
+    return (f'<b>{html.escape(title)}</b> n={both.size}{split}, median '
             f'{_fmt(float(np.median(both)))}' + (f'<br><span style="color:#b0b">cut: {cuts}</span>' if cuts else "")
             + f'<br><svg class="histogram" data-column="{html.escape(title)}" data-lo="{lo!r}" data-hi="{hi!r}" '
             f'width="{WIDTH}" height="{HEIGHT + 14}" style="display:block">{"".join(rects)}{lines}'
@@ -391,9 +392,9 @@ def _candidates(store: Store) -> str:
     solved = sum(1 for c in per_prompt.values() if c[1])
     return (f"<h2>Chain-of-thought candidates</h2><p>{n:,} candidates for {len(per_prompt):,} prompts; "
             f"{_pct(solved, len(per_prompt))} prompts have a passing candidate.</p><div class=hists><div class=hist>"
-            + histogram_svg([c[0] for c in per_prompt.values()], [], "candidates per prompt")
+            + histogram_svg([c[0] for c in per_prompt.values()], None, "candidates per prompt")
             + "</div><div class=hist>"
-            + histogram_svg([c[1] for c in per_prompt.values()], [], "passing candidates per prompt")
+            + histogram_svg([c[1] for c in per_prompt.values()], None, "passing candidates per prompt")
             + "</div></div><h3>Pass rate by verifier</h3>"
             + _table(["verifier", "candidates", "answer verified", "passed every check", "selected"], kinds)
             + "<h3>Failures by reason</h3>"
@@ -448,8 +449,8 @@ def build_report(out: str) -> str:
         summary = (stats.get("stages", {}).get("pack") or {}).get("summary") or stats.get("pack") or {}
         parts.append(f"<h2>Packing</h2><p>{packs.num_rows} packs, fill {summary.get('fill', 0):.4%}, "
                      f"lower bound {summary.get('lower_bound_packs')} packs.</p><div class=hists><div class=hist>"
-                     + histogram_svg(packs["fill"].to_pylist(), [], "fill per pack") + "</div><div class=hist>"
-                     + histogram_svg([len(m) for m in packs["members"].to_pylist()], [], "members per pack")
+                     + histogram_svg(packs["fill"].to_pylist(), None, "fill per pack") + "</div><div class=hist>"
+                     + histogram_svg([len(m) for m in packs["members"].to_pylist()], None, "members per pack")
                      + "</div></div>")
     parts.append("<h2>Run</h2>" + _metadata(job, stats) + "</html>")
     page = "\n".join(p for p in parts if p)

@@ -186,7 +186,7 @@ def test_report_shows_candidates_per_prompt_and_pass_rates_by_verifier_and_reaso
     prompts = {c["parent_id"] for c in cands}
     assert f"{len(cands):,} candidates for {len(prompts):,} prompts" in page
     svg, _, _, _ = histogram(page, "candidates per prompt")
-    assert f"n={len(prompts)} ({len(prompts)} kept" in page  # one value per prompt
+    assert f"<b>candidates per prompt</b> n={len(prompts)}, median 4" in page  # one value per prompt
     section = page[page.index("Pass rate by verifier"):]
     for kind in ("math", "vqa", "mc"):
         mine = [c for c in cands if c["cot_kind"] == kind]
