@@ -189,6 +189,18 @@ def test_multiple_choice_letters_selected_and_rejected(ray_local, tmp_path, caps
     shown = capsys.readouterr().out
     assert "gold answer: 'B'" in shown and "SELECTED" in shown and "unreadable_answer" in shown
 
+    # regen-sft re-checks quality with a new max_tokens and re-selects, the weights moved away (planted token
+    # counts are word counts: 17 for the animal's sample 0, 8 for the planet's sample 1, 10 for 7 x 8's sample 0)
+    (tmp_path / "weights").rename(tmp_path / "elsewhere")
+    new = tmp_path / "new"
+    assert main(["regen-sft", str(out), "-o", str(new), "--set", "stages.cot_quality.max_tokens=8",
+                 "--set", "stages.cot_select.policy=first"]) == 0
+    again = {r["id"]: r for r in rows(new, "candidates.parquet")}
+    assert again[cand_id(animal, 0)]["cot_reason"] == again[cand_id(times, 0)]["cot_reason"] == "too_long"
+    assert {r["parent_id"] for r in rows(new, "manifest.parquet")} == {cand_id(animal, 2), cand_id(planet, 1)}
+    assert again[cand_id(times, 0)]["drop_reason"] == "no_verified_candidate"
+    assert json.loads((new / "stats.json").read_text())["stages"]["cot_visual"]["scores_reused"] == 12
+
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
