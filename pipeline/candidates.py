@@ -227,7 +227,7 @@ def show(out: str, row_id: str | None, as_json: bool = False, file: Any = None) 
     for r in mine:
         where = "SELECTED" if r.get("cot_selected") else f"{r.get('drop_reason')}"
         print(f"\n--- [{r['cot_sample']}] {r['id']}  {r.get('cot_verdict')} ({r.get('cot_reason') or 'ok'}) -> {where}"
-              f"  answer={r.get('cot_answer')!r} tokens={r.get('cot_tokens')} finish={r.get('cot_finish_reason')}",
-              file=file)
+              f"  answer={r.get('cot_answer')!r} tokens={r.get('cot_tokens')} finish={r.get('cot_finish_reason')}"
+              + (f" p_yes={r['relevance_p_yes']:.2f}" if r.get("relevance_p_yes") is not None else ""), file=file)
         print(r["cot_text"], file=file)
     return 0
