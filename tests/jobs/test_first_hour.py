@@ -83,8 +83,7 @@ def models(tmp_path_factory):
 
 
 STAGE_MIX = ("a training-stage mix: it composes other recipes' finished outputs (out/...), so it has no job to "
-             "regenerate; tests/pipeline/test_mix.py parses every one and builds mixes, tests/jobs/test_mix_cli.py "
-             "runs one through python -m jobs.run")
+             "regenerate; tests/pipeline/test_mix.py::test_stage_recipes_build_from_their_sources builds it")
 RECIPES = [name if not is_mix_file(str(REPO / "jobs/recipes" / name)) else
            pytest.param(name, marks=pytest.mark.skip(reason=STAGE_MIX))
            for name in sorted(p.name for p in (REPO / "jobs/recipes").glob("*.yaml"))]

@@ -388,13 +388,38 @@ def test_mix_of_a_real_ocr_job_packs_members_as_the_job_does(ray_local, tmp_path
 
 
 @pytest.mark.parametrize("name", ["stage1_pairs", "stage2_multitask", "stage4_sft"])
-def test_stage_recipes_are_valid_mixes(name):
-    """The stage recipes in jobs/recipes are mixes (detected by their keys, not recipes) and validate; their
-    text sources use the built-in tokenizer."""
+def test_stage_recipes_build_from_their_sources(name, tmp_path):
+    """Each stage recipe in jobs/recipes is a mix (told from a recipe by its keys) that validates and builds:
+    its sources repointed with --set at small finished jobs, chat / text files and eval sets, every source
+    gives samples, keys are unique, and a pack section packs them all."""
     from pipeline.mix import is_mix_file
 
     path = Path(__file__).parents[2] / "jobs" / "recipes" / f"{name}.yaml"
-    assert is_mix_file(str(path))
+    assert is_mix_file(str(path)) and not is_mix_file(str(path.with_name("ocr.yaml")))
     mix = load_mix(str(path))
-    assert mix.sources and mix.model.format.tokenizer in (None, "qwen2.5-vl")
-    assert not is_mix_file(str(path.with_name("ocr.yaml")))
+    assert mix.model.format.tokenizer in (None, "qwen2.5-vl")  # the built-in tokenizer for text sources
+    sets = ["total=null"]
+    for k, (source, spec) in enumerate(mix.sources.items()):
+        if spec.kind == "job":
+            where = make_job(tmp_path / source, 200, seed=k)
+        elif spec.kind == "chat":
+            where = write_jsonl(tmp_path / f"{source}.jsonl", [{"messages": [
+                {"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}."}]} for i in range(50)])
+        else:
+            where = write_jsonl(tmp_path / f"{source}.jsonl", [{"text": f"Plain text {i}. " * 20} for i in range(50)])
+        sets.append(f"sources.{source}.path={where}")
+    for eval_name, es in mix.eval_sets.items():
+        if es.path.endswith(".jsonl"):
+            where = write_jsonl(tmp_path / f"{eval_name}.jsonl", [{es.column: "What colour is the bus parked at the "
+                                                                              "corner of the street?"}])
+        else:
+            (where := tmp_path / eval_name).mkdir()
+            (where / "e.jpg").write_bytes(jpeg(64, 48))
+        sets.append(f"decontam.eval_sets.{eval_name}.path={where}")
+    stats = run_mix(load_mix(str(path), sets), str(tmp_path / "o"), log=lambda m: None)
+    assert all(s["samples"] > 0 for s in stats["sources"].values()), stats["sources"]
+    keys = pq.read_table(tmp_path / "o" / "manifest.parquet")["key"].to_pylist()
+    assert len(keys) == len(set(keys)) == stats["samples"]
+    if mix.model.pack is not None:
+        members = [m for p in pq.read_table(tmp_path / "o" / "packs.parquet").to_pylist() for m in p["members"]]
+        assert sorted(members) == sorted(keys)
