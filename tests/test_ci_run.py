@@ -12,7 +12,7 @@ import pytest
 
 from tests.media import REPO
 
-TOOLS = ("bash", "dirname", "env", "cat")
+TOOLS = ("bash", "dirname", "env", "cat", "timeout")
 
 
 def stub(folder: Path, name: str, body: str) -> None:
