@@ -1,6 +1,6 @@
 """Multiple-choice questions: ``mc_jsonl`` (jsonl, ``.json`` or ``.jsonl.gz``; a file or a folder of them).
 
-One record a line: ``question`` (string), ``options`` (a list of 2-26 option texts, or an object keyed ``A``,
+One record a line: ``question`` (string), ``options`` (a list of 2-26 option texts or numbers, or an object keyed ``A``,
 ``B``, ... in order), ``answer`` (the correct option's letter: ``B``, ``b``, ``(B)`` or ``B.``) and an optional
 ``image`` (a path relative to the file, or a list of them), as ``qa_jsonl`` reads it. ``input.image_column`` /
 ``text_column`` / ``answer_column`` and ``input.options.choices_column`` (default ``options``) rename the fields.
@@ -10,7 +10,7 @@ options; answer = the letter (upper case); annotations = {"options": [texts]} (t
 meta.answer_text = the correct option's text, plus the record's other small scalar fields.
 
 Drop reasons (stage ``read``): those of the jsonl reader (``invalid_json``, ``invalid_utf8``, ``empty_line``),
-``missing_field`` (no question), ``bad_options`` (not 2-26 non-empty strings, or keys that are not A, B, ...),
+``missing_field`` (no question), ``bad_options`` (not 2-26 non-empty strings or numbers, or keys that are not A, B, ...),
 ``bad_answer`` (not one letter among the options), ``missing_file`` / ``path_outside_root`` (the image).
 """
 
@@ -28,8 +28,8 @@ _ANSWER = re.compile(r"\s*\(?([A-Za-z])[).]?\s*")
 
 
 def parse_options(value: Any) -> list[str] | None:
-    """The option texts in letter order, or None when ``value`` is not 2-26 non-empty strings (a list, or an
-    object whose keys are exactly A, B, ... in any case)."""
+    """The option texts in letter order, or None when ``value`` is not 2-26 non-empty strings or numbers (a list,
+    or an object whose keys are exactly A, B, ... in any case)."""
     if isinstance(value, dict):
         keys = [str(k).strip().upper() for k in value]
         if sorted(keys) != list(LETTERS[:len(keys)]):
@@ -37,9 +37,8 @@ def parse_options(value: Any) -> list[str] | None:
         value = [v for _, v in sorted(zip(keys, value.values(), strict=True))]
     if not isinstance(value, list) or not 2 <= len(value) <= len(LETTERS):
         return None
-    if not all(isinstance(v, str) and v.strip() for v in value):
-        return None
-    return [v.strip() for v in value]
+    texts = [str(v).strip() if isinstance(v, str | int | float) and not isinstance(v, bool) else "" for v in value]
+    return texts if all(texts) else None
 
 
 def render(question: str, options: list[str]) -> str:
@@ -57,7 +56,7 @@ class McJsonlReader(QaJsonlReader):
         column = spec.options.get("choices_column", "options")
         options = parse_options(rec.get(column))
         if options is None:
-            return drop(row, "bad_options", f"{column}: 2-26 non-empty strings, a list or keyed A, B, ...")
+            return drop(row, "bad_options", f"{column}: 2-26 non-empty strings or numbers, a list or keyed A, B, ...")
         m = _ANSWER.fullmatch(str(rec.get(spec.answer_column, "")))
         letter = m.group(1).upper() if m else None
         if letter is None or LETTERS.index(letter) >= len(options):

@@ -54,7 +54,8 @@ def test_renamed_columns_and_an_unknown_option(tmp_path):
 
 
 def test_parse_options():
-    assert parse_options({"b": "y", "a": "x"}) == ["x", "y"]
+    assert parse_options({"b": "y", "a": "x"}) == ["x", "y"] and parse_options([54, 5.5]) == ["54", "5.5"]
+    assert parse_options([True, False]) is None and parse_options([None, "x"]) is None
     assert parse_options(["x", " "]) is None and parse_options("x") is None and parse_options([str(i) for i in
                                                                                                 range(27)]) is None
 
