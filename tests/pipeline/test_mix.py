@@ -379,11 +379,12 @@ def test_mix_of_a_real_ocr_job_packs_members_as_the_job_does(ray_local, tmp_path
 
     original, mixed = pack_members(job / "packs"), pack_members(tmp_path / "o" / "packs")
     original.pop("_lengths"), mixed.pop("_lengths")
-    images = [k for k in mixed if k.startswith("ocr-")]
+    images = {r["key"]: r["source_id"] for r in pq.read_table(tmp_path / "o" / "manifest.parquet").to_pylist()
+              if r["source"] == "ocr"}
     assert images and any(mixed[k][2] for k in images)
-    for key in images:
+    for key, source_id in images.items():
         ids, pos, grid = mixed[key]
-        want = original[key.removeprefix("ocr-")]
+        want = original[source_id]
         assert np.array_equal(ids, want[0]) and np.array_equal(pos, want[1]) and grid == want[2]
 
 
