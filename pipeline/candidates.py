@@ -22,10 +22,10 @@ import pyarrow.compute as pc
 
 from filters.base import Stage
 from filters.cot import GENERATED, CotGenerate, CotSelect, CotVisual, candidate_row
-from pipeline.recipe import Recipe, StageSpec
 from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS
+from pipeline.spec import Recipe, StageSpec
 from pipeline.storage import WORK, Store, is_remote
-from pipeline.writers import image_extension
+from pipeline.tar import image_extension
 
 CANDIDATES = "candidates.parquet"
 DPO = "dpo"
@@ -143,14 +143,18 @@ def _no_null_types(table: pa.Table) -> pa.Table:
 
 def write_dpo(store: Store, gen_step: str, candidates: list[dict[str, Any]]) -> int:
     """`dpo/data.jsonl` (LLaMA-Factory's sharegpt preference form, with `dataset_info.json`), `dpo/trl.jsonl`
-    (TRL's conversational preference form: prompt / chosen / rejected / images) and `dpo/images/` (named by
-    content hash, paths relative to `dpo/` in data.jsonl, absolute in trl.jsonl for a local job folder)."""
+    (TRL's conversational preference form: prompt / chosen / rejected / images; the prompt's content a list of
+    image and text parts when any pair has an image, else a string) and `dpo/images/` (named by content hash,
+    paths relative to `dpo/` in data.jsonl, absolute in trl.jsonl for a local job folder)."""
     by_id = {c["id"]: c for c in candidates}
     pairs = [(by_id[c["dpo_chosen"]], c) for c in candidates if c.get("dpo_chosen")]
     images = _images(store, gen_step, {chosen["id"] for chosen, _ in pairs})
     store.delete_dir(DPO)
     lf, trl, written = [], [], set()
     base = "" if is_remote(store.uri) else store.path(DPO) + "/"
+    # one content type per file: a text-only prompt beside image ones is a list of parts too (Arrow's JSON
+    # reader, and so `datasets` before its Json feature, refuses a column that is a string here, a list there)
+    parts = any(images.get(chosen["id"]) for chosen, _ in pairs)
     for chosen, rejected in pairs:
         names = []
         for data in images.get(chosen["id"], []):
@@ -165,7 +169,7 @@ def write_dpo(store: Store, gen_step: str, candidates: list[dict[str, Any]]) -> 
                    "rejected": {"from": "gpt", "value": rejected["cot_text"]},
                    "images": names, "prompt_id": chosen["parent_id"], "chosen_id": chosen["id"],
                    "rejected_id": rejected["id"], "rejected_reason": rejected["cot_reason"]})
-        user = ([*({"type": "image"} for _ in names), {"type": "text", "text": prompt}] if names else prompt)
+        user = [*({"type": "image"} for _ in names), {"type": "text", "text": prompt}] if parts else prompt
         trl.append({"prompt": [{"role": "user", "content": user}],
                     "chosen": [{"role": "assistant", "content": chosen["cot_text"]}],
                     "rejected": [{"role": "assistant", "content": rejected["cot_text"]}],
