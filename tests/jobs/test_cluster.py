@@ -36,6 +36,13 @@ def ray_env() -> dict[str, str]:
     return env
 
 
+def node_ports() -> list[str]:
+    """Free ports for a node's own servers: two nodes on one machine would collide on every fixed default."""
+    return [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
+
+
 class Head:
     """A Ray head of our own: its own short temp folder (every process it starts names it on its command
     line), so stopping it signals exactly its processes, by id."""
@@ -43,10 +50,7 @@ class Head:
     def __init__(self) -> None:
         self.temp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
         self.port, self.dashboard = free_port(), free_port()
-        # two heads on one machine: every fixed default port would collide, so each gets free ones
-        ports = [f"--{name}={free_port()}" for name in (
-            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-            "runtime-env-agent-port", "node-manager-port", "object-manager-port", "ray-client-server-port")]
+        ports = [*node_ports(), f"--ray-client-server-port={free_port()}"]
         subprocess.run([str(BINDIR / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
                         "--port", str(self.port), "--dashboard-host", "127.0.0.1",
                         "--dashboard-port", str(self.dashboard), *ports, "--num-cpus", "2",

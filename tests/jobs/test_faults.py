@@ -45,6 +45,7 @@ class ProbeParams(Params):
     pid_file: str = ""
     hold_s: float = 60.0
     node_dir: str = ""  # when set: a file per batch, named by its first id, holding the Ray node id
+    sleep_s: float = 0.0  # every batch (keeps tasks in flight long enough to spread over nodes)
 
 
 class Probe(Stage):
@@ -56,6 +57,7 @@ class Probe(Stage):
     def score(self, batch: Batch) -> Batch:
         if self.params.pid_file:  # unset in the clean runs
             hold_once(self.params.pid_file, self.params.hold_s)
+        time.sleep(self.params.sleep_s)
         if self.params.node_dir and batch["id"]:
             Path(self.params.node_dir, batch["id"][0]).write_text(ray.get_runtime_context().get_node_id())
         return {}
@@ -85,9 +87,9 @@ def job_output(out: str) -> dict[str, object]:
     return got
 
 
-def demo_recipe(**probe) -> dict:
+def demo_recipe(partition_rows: int = 3, **probe) -> dict:
     return {"input": {"path": str(REPO / "jobs/demo_data/captions.jsonl"), "format": "jsonl",
-                      "image_column": "image", "text_column": "caption", "partition_rows": 3},
+                      "image_column": "image", "text_column": "caption", "partition_rows": partition_rows},
             "stages": {"image_check": {"min_side_px": 64, "max_aspect_ratio": 3.0},
                        "caption_check": {"min_chars": 3},
                        "probe": {"use": "tests.jobs.test_faults:Probe", **probe}},
