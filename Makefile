@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(PY) -m jobs.run jobs/recipes/ocr.yaml -o demo_out_ocr
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

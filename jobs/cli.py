@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return inspect_job(args)
     if args.command == "mix":
-        from jobs.mix import mix_command
-
-        return mix_command(args)
+        return _mix(args)
     if args.command == "report":
         return _report(args)
     if args.command == "regen-sft":
@@ -111,6 +109,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlcurate: wrote {build_tiny_qwen25vl(args.dir)}")
         return 0
     return 2
+
+
+def _mix(args: argparse.Namespace) -> int:
+    """Validate, build, print asked vs achieved shares; a mix or source problem is one line and exit 2."""
+    from pipeline.mix import format_summary, load_mix, run_mix
+    from pipeline.ray_env import RayEnvError, check_output_location
+    from pipeline.spec import RecipeError
+
+    try:
+        mix = load_mix(args.mix, args.sets)
+        check_output_location(args.out)
+        stats = run_mix(mix, args.out, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
+    except (RecipeError, RayEnvError) as e:
+        print(f"vlcurate: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(format_summary(args.out, stats)))
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

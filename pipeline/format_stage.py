@@ -21,7 +21,7 @@ from formatters.qwen import image_grid
 from formatters.tokens import tokenize_caption, tokenize_chat, tokenize_interleaved
 from model.tokenizer import NAME as BUILTIN_TOKENIZER
 from model.tokenizer import ensure_built, qwen_tokenizer
-from pipeline.recipe import FormatSpec
+from pipeline.spec import FormatSpec
 from pipeline.storage import is_remote
 
 MERGE = 2  # spatial merge: tokens = t * (h / 2) * (w / 2) of the 14-px patch grid

@@ -53,8 +53,8 @@ from pipeline import outdir
 from pipeline.format_stage import load_tokenizer
 from pipeline.pack_stage import PackStage
 from pipeline.readers.base import Partition, iter_json_lines, read_text_file
-from pipeline.recipe import PackSpec, RecipeError, Section, _first_error, set_dotted
 from pipeline.schema import bucket_of, make_id, rows_to_table
+from pipeline.spec import PackSpec, RecipeError, Section, first_error, set_dotted
 from pipeline.storage import WORK, Store, resolve
 from pipeline.tar import iter_entries, write_tar
 from pipeline.writers import shard_samples, versions, vision_token_ids, write_pack_files
@@ -129,7 +129,7 @@ def _validate(model: type[BaseModel], raw: Any, where: str) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        raise _first_error(e, where, model) from None
+        raise first_error(e, where, model) from None
 
 
 def parse_mix(raw: Any) -> Mix:
@@ -139,7 +139,7 @@ def parse_mix(raw: Any) -> Mix:
     try:
         model = MixModel.model_validate(raw)
     except ValidationError as e:
-        raise _first_error(e, "", MixModel) from None
+        raise first_error(e, "", MixModel) from None
     if not model.sources:
         raise RecipeError("sources: name at least one source")
     sources = {}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.recipe import RecipeError
 from pipeline.schema import HEAVY_COLUMNS
+from pipeline.spec import RecipeError
 from pipeline.storage import WORK, Store
 
 IDENTITY = "job_identity.json"

@@ -6,7 +6,7 @@ import numpy as np
 
 from filters.base import Batch, Stage
 from pipeline.packing import balance_packs, pack_cost, pack_lengths, pack_stream
-from pipeline.recipe import PackSpec
+from pipeline.spec import PackSpec
 
 
 class PackStage(Stage):

@@ -33,6 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from formatters.qwen import TEMPORAL_PATCH_SIZE
+from formatters.rope import mrope_position_ids, text_position_row
+from pipeline.tar import image_extension, tar_bytes
+
 __all__ = [
     "pack_lengths",
     "pack_stream",
@@ -429,8 +433,6 @@ def _media_names(
     index: int, member: dict[str, Any], images: list[list[int]], videos: list[list[int]]
 ) -> list[tuple[str, bytes]]:
     """(suffix, bytes) of one member's media: ``m{index}.{k}.{ext}``, extension from the bytes' magic."""
-    from formatters.qwen import TEMPORAL_PATCH_SIZE
-    from pipeline.writers import image_extension  # lazy: writers pulls in the job machinery
 
     data = list(member.get("images") or [])
     mid = member["id"]
@@ -489,7 +491,6 @@ def assemble_pack(
     Raises ValueError for an empty pack, a member missing a key, unequal input_ids/labels lengths, an
     empty member, media not matching the grids, or vision pads not matching the grids.
     """
-    from formatters.rope import mrope_position_ids, text_position_row
 
     if not members:
         raise ValueError("a pack needs at least one member")
@@ -578,7 +579,6 @@ def pack_tar_bytes(packs: list[tuple[str, dict]]) -> bytes:
     writer orders a pack's entries by name. Raises ValueError for a key with a dot or slash (webdataset
     splits names at the first dot), a repeated key, or a pack whose arrays disagree in length.
     """
-    from pipeline.tar import tar_bytes
 
     seen: set[str] = set()
     samples = []

@@ -1,143 +1,43 @@
 """Recipes: YAML validated before anything runs (DESIGN.md, Recipes and the command line).
 
-A wrong key, type or value becomes one `RecipeError` line naming the dotted key and what is allowed.
+A wrong key, type or value becomes one `RecipeError` line naming the dotted key and what is allowed. The
+sections and the parsed ``Recipe`` are data classes in ``pipeline.spec``; this module parses YAML into them,
+checking readers, stages and builders against their registries.
 """
 
 from __future__ import annotations
 
 import importlib
-import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import ValidationError
 
 from filters.base import Stage
-
-
-class RecipeError(ValueError):
-    """A recipe problem, reported as one line."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InputSpec(Section):
-    path: str
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")  # qualifies keys where several jobs meet (exports)
-    format: str = "jsonl"
-    image_column: str = "image"
-    text_column: str = "caption"
-    answer_column: str | None = None
-    key_column: str | None = None
-    partition_rows: PositiveInt = 1000
-    max_caption_bytes: ByteSize | None = ByteSize(64 * 1024)  # longer text: rejected at read, caption_too_long
-    allow_outside_root: bool = False  # image/video paths may resolve outside the input root
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class FormatSpec(Section):
-    """The `format:` section: the sample builder (formatters.builders.BUILDERS) and how samples are measured.
-
-    `tokenizer` is a local tokenizer / model directory; `min_pixels` / `max_pixels` are the image resize
-    limits every sample records; `pre_resize` stores images resized to exactly W'xH' (qwen2-vl, qwen2.5-vl);
-    `max_tokens` rejects longer samples (`too_many_tokens`); `options` are the builder's own options.
-    """
-
-    builder: str
-    tokenizer: str | None = None
-    dialect: Literal["qwen-vl", "qwen2-vl", "qwen2.5-vl"] = "qwen2.5-vl"
-    min_pixels: PositiveInt = 4 * 28 * 28
-    max_pixels: PositiveInt = 16384 * 28 * 28
-    pre_resize: bool = True
-    add_vision_id: bool = False
-    max_tokens: PositiveInt | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class PackSpec(Section):
-    max_len: PositiveInt = 8192
-    window: PositiveInt | None = None
-    packs_per_step: PositiveInt | None = None
-    packs_per_shard: PositiveInt = 256
-    enabled: bool = True
-
-
-class OutputSpec(Section):
-    buckets: PositiveInt = 16
-    shard_bytes: ByteSize | None = None
-    exports: list[Literal["llamafactory", "swift", "qwen", "hf"]] = Field(default_factory=list)
-    report: bool = True  # write OUT/report.html when the job ends (jobs/report.py)
-
-
-class RecipeModel(Section):
-    input: InputSpec
-    stages: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
-    format: FormatSpec | None = None
-    pack: PackSpec | None = None
-    output: OutputSpec = Field(default_factory=OutputSpec)
-
-
-COMMON_STAGE_KEYS = ("enabled", "use", "actors")
-RESERVED_STAGE_KEYS = ("read", "format", "pack", "scatter")
-
-
-@dataclass
-class StageSpec:
-    key: str
-    use: str
-    cls: type[Stage]
-    params: Any
-    actors: int
-    section: str | None = None  # "format" / "pack": a stage made from that recipe section, not from `stages`
-
-    @property
-    def where(self) -> str:
-        """The recipe key its parameters live under, for error messages."""
-        return self.section or f"stages.{self.key}"
-
-    def build(self) -> Stage:
-        return self.cls(self.params, name=self.key)
-
-
-@dataclass
-class Recipe:
-    model: RecipeModel
-    stages: list[StageSpec]
-    raw: dict[str, Any]
-
-    @property
-    def input(self) -> InputSpec:
-        return self.model.input
-
-    def identity(self) -> dict[str, Any]:
-        """What decides the results of a job: the resolved recipe less `actors` and `output.exports`, which
-        change how fast it runs or what is exported afterwards, never what is kept (resume compares this)."""
-        out = self.resolved()
-        for stage in out["stages"].values():
-            stage.pop("actors", None)
-        out["output"].pop("exports", None)
-        out["output"].pop("report", None)
-        out["input"].pop("name", None)  # a label: names the keys where jobs meet, never what is kept
-        out["stage_order"] = list(out["stages"])  # the identity is compared as sorted JSON: keep the order
-        return out
-
-    def resolved(self) -> dict[str, Any]:
-        """The recipe with every default filled in (written to job.json)."""
-        out = self.model.model_dump(mode="json")
-        out["stages"] = {
-            s.key: {"use": s.use, "actors": s.actors, **s.params.model_dump(mode="json")}
-            for s in self.stages if s.section is None
-        }
-        return out
+from formatters.builders import BUILDERS, options_for
+from pipeline.format_stage import Format
+from pipeline.pack_stage import PackStage
+from pipeline.readers import READERS
+from pipeline.registry import STAGES
+from pipeline.spec import (  # noqa: F401  (re-exported: the recipe API in one place)
+    COMMON_STAGE_KEYS,
+    RESERVED_STAGE_KEYS,
+    FormatSpec,
+    InputSpec,
+    OutputSpec,
+    PackSpec,
+    Recipe,
+    RecipeError,
+    RecipeModel,
+    Section,
+    StageSpec,
+    first_error,
+    set_dotted,
+)
 
 
 def _stage_class(use: str, key: str) -> type[Stage]:
-    from pipeline.registry import STAGES
-
     if use in STAGES:
         return STAGES[use]
     if ":" in use:
@@ -153,54 +53,13 @@ def _stage_class(use: str, key: str) -> type[Stage]:
                       "or module:Class)")
 
 
-def _first_error(e: ValidationError, prefix: str, model: type[BaseModel] | None = None) -> RecipeError:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-    if err["type"] == "extra_forbidden" and model is not None:
-        target: Any = model
-        for part in err["loc"][:-1]:
-            field = target.model_fields.get(str(part)) if hasattr(target, "model_fields") else None
-            ann = getattr(field, "annotation", None)
-            options = typing.get_args(ann) or (ann,)  # `FormatSpec | None` -> FormatSpec
-            target = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
-            if target is None:
-                break
-        allowed = sorted(target.model_fields) if target is not None else []
-        if prefix.startswith("stages."):
-            allowed = sorted([*allowed, *COMMON_STAGE_KEYS])
-        return RecipeError(f"{loc}: unknown key (allowed: {', '.join(allowed)})")
-    if err["type"] == "missing":
-        return RecipeError(f"{loc}: required key is missing")
-    return RecipeError(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-
-
-def set_dotted(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set dotted.key=value` (value parsed as YAML: numbers, booleans, lists)."""
-    if "=" not in assignment:
-        raise RecipeError(f"--set {assignment!r}: expected dotted.key=value")
-    key, _, text = assignment.partition("=")
-    value = yaml.safe_load(text) if text != "" else ""
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise RecipeError(f"--set {key}: {part} is not a mapping")
-        node = child
-    node[parts[-1]] = value
-
-
 def parse_recipe(raw: dict[str, Any]) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError("recipe: the top level must be a mapping (input, stages, format, pack, output)")
     try:
         model = RecipeModel.model_validate(raw)
     except ValidationError as e:
-        raise _first_error(e, "", RecipeModel) from None
-    from pipeline.readers import READERS
-
+        raise first_error(e, "", RecipeModel) from None
     if model.input.format not in READERS:
         raise RecipeError(f"input.format: unknown format {model.input.format!r} (allowed: {', '.join(READERS)})")
     specs = []
@@ -220,14 +79,12 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
         try:
             params = cls.Params.model_validate(cfg)
         except ValidationError as e:
-            raise _first_error(e, f"stages.{key}", cls.Params) from None
+            raise first_error(e, f"stages.{key}", cls.Params) from None
         if enabled:
             specs.append(StageSpec(key, use, cls, params, actors))
     if model.format is not None:
         specs.append(_format_stage(model.format, [s.key for s in specs]))
     if model.pack is not None and model.pack.enabled:
-        from pipeline.pack_stage import PackStage
-
         if model.format is None:
             raise RecipeError("pack: packing needs each sample's tokens: add a format: section "
                               "(builder, tokenizer), or set pack.enabled: false")
@@ -238,9 +95,6 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
 
 def _format_stage(spec: FormatSpec, keys: list[str]) -> StageSpec:
     """The `format:` section as a stage (expand), after the recipe's stages; builder and options validated."""
-    from formatters.builders import BUILDERS, options_for
-    from pipeline.format_stage import Format
-
     if "format" in keys:
         raise RecipeError("stages.format: the name 'format' is reserved for the format section; rename the stage")
     if spec.builder not in BUILDERS:

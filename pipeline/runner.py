@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import re
 import time
 from collections import Counter
@@ -22,9 +21,10 @@ from typing import Any
 import pyarrow as pa
 
 from filters.base import Stage
-from pipeline import candidates, outdir, readers, thumbs
+from pipeline import candidates, outdir, readers, thumbs, writers
 from pipeline.progress import Progress, step_rows
-from pipeline.recipe import Recipe, RecipeError, check_stages, parse_recipe
+from pipeline.raymap import ray_map
+from pipeline.recipe import Recipe, check_stages, parse_recipe
 from pipeline.schema import (
     HEAVY_COLUMNS,
     JSON_COLUMNS,
@@ -414,57 +414,6 @@ def run_step_task(batch: dict[str, Any], raw_recipe: dict[str, Any], out: str, s
 # Driver side
 
 
-def _ray_map(items: list[dict[str, Any]], fn: Any, *, actor: bool = False, num_cpus: float = 1.0,
-             num_gpus: float = 0.0, actors: int = 1, progress: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
-    """The one adapter onto Ray Data: tasks for stateless work, an actor pool for model-holding stages."""
-    import ray.data
-
-    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor",
-                 "ray.data.exceptions"):  # a failing task still raises here, with its traceback
-        logging.getLogger(name).setLevel(logging.ERROR)  # our own log says which step runs, and how long
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    if actor:
-        pool = ray.data.ActorPoolStrategy(size=max(1, min(actors, len(items))))  # no idle actors
-        ds = ds.map_batches(fn, batch_size=1, compute=pool, num_cpus=num_cpus, num_gpus=num_gpus or None,
-                            fn_constructor_kwargs=kwargs)
-    else:
-        ds = ds.map_batches(fn, batch_size=1, num_cpus=num_cpus, fn_kwargs=kwargs)
-    try:
-        if progress is None:
-            return ds.take_all()
-        done = []
-        for row in ds.iter_rows():  # results as partitions finish: one updating line on a terminal
-            done.append(row)
-            progress.update(row.get("rows") or 0)
-        return done
-    except Exception as e:
-        problem = _recipe_error_in(e)
-        if problem is not None:  # a recipe problem only a worker could see: one line, not a Ray traceback
-            raise RecipeError(str(problem)) from None
-        raise
-
-
-def _recipe_error_in(e: BaseException | None, depth: int = 0) -> RecipeError | None:
-    """The RecipeError at the root of a Ray task failure, if that is what it is."""
-    if e is None or depth > 8:
-        return None
-    if isinstance(e, RecipeError):
-        return e
-    # Ray Data re-raises a worker's exception as text inside its own error: read the line back
-    match = re.search(r"RecipeError: (.+)", str(e))
-    if match:
-        return RecipeError(match.group(1).strip())
-    for inner in (getattr(e, "cause", None), e.__cause__, e.__context__):
-        if isinstance(inner, BaseException):
-            found = _recipe_error_in(inner, depth + 1)
-            if found is not None:
-                return found
-    return None
-
-
 def _merge_stats(total: dict[str, Any], stat: dict[str, Any]) -> None:
     for k, v in stat.items():
         if isinstance(v, dict):
@@ -489,7 +438,6 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
     job's folder), model stages take the scores that job computed instead of running the model. `parts` and
     `inputs` (the plan and the input fingerprint) are passed by the CLI, which computes them before Ray
     starts. A job that already finished in OUT is not run again."""
-    from pipeline import writers
 
     t_start = time.perf_counter()
     store = Store(out)
@@ -530,10 +478,10 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
             bar = Progress(f"[vlcurate] step {step.name}", step_rows(store, prev, todo), len(todo))
             try:
                 if step.holds_model:
-                    _ray_map(items, StepWorker, actor=True, num_cpus=step.num_cpus, num_gpus=step.num_gpus,
+                    ray_map(items, StepWorker, actor=True, num_cpus=step.num_cpus, num_gpus=step.num_gpus,
                              actors=step.actors, progress=bar, **kwargs)
                 else:
-                    _ray_map(items, run_step_task, progress=bar, **kwargs)
+                    ray_map(items, run_step_task, progress=bar, **kwargs)
             finally:
                 bar.close()
             log(f"[vlcurate] step {step.name}: done in {time.perf_counter() - t:.1f} s")

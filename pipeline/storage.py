@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline.schema import concat
+
 WORK = "_work"  # the folder of a job's per-partition results and completion markers (resume)
 
 
@@ -106,8 +108,6 @@ class Store:
                 tables.append(self.read_parquet(*parts, name, columns=cols))
         if not tables:
             return pa.table({})
-        from pipeline.schema import concat
-
         return concat(tables)
 
     def list(self, *parts: str) -> list[str]:

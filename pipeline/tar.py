@@ -53,3 +53,15 @@ def iter_entries(data: bytes) -> Iterator[tuple[str, str, bytes]]:
                 continue
             key, suffix = split_name(member.name)
             yield key, suffix, f.read()
+
+
+def image_extension(data: bytes) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:4] in (b"GIF8",):
+        return "gif"
+    return "bin"

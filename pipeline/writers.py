@@ -18,9 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.exports import export_all
 from pipeline.format_stage import load_tokenizer
+from pipeline.pack_stage import pack_summary
+from pipeline.packing import assemble_pack, pack_cost, pack_tar_bytes
+from pipeline.raymap import ray_map
 from pipeline.readers import Partition
-from pipeline.recipe import Recipe
 from pipeline.schema import (
     HEAVY_COLUMNS,
     JSON_COLUMNS,
@@ -30,22 +33,11 @@ from pipeline.schema import (
     score_columns,
     table_to_rows,
 )
-from pipeline.storage import WORK, Store
-from pipeline.tar import tar_bytes, write_tar
+from pipeline.spec import Recipe
+from pipeline.storage import WORK, Store, is_remote
+from pipeline.tar import image_extension, tar_bytes, write_tar
 
 PACKAGES = ("vlcurate", "ray", "pyarrow", "pillow", "webdataset", "transformers", "torch", "open_clip_torch")
-
-
-def image_extension(data: bytes) -> str:
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:4] in (b"GIF8",):
-        return "gif"
-    return "bin"
 
 
 def job_identity(recipe: Recipe, parts: list[Partition], inputs: list[dict[str, Any]]) -> bytes:
@@ -130,7 +122,6 @@ def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) 
 def write_pack_shard_task(batch: dict[str, Any], out: str, token_ids: dict[str, int],
                           max_len: int) -> dict[str, list[Any]]:
     """Ray task: assemble the packs of one pack shard from their members' rows and write packs/pack-K.tar."""
-    from pipeline.packing import assemble_pack, pack_cost, pack_tar_bytes
 
     store = Store(out)
     done = []
@@ -199,16 +190,13 @@ def vision_token_ids(tokenizer: str | None) -> dict[str, int]:
 
 
 def write_packs(recipe: Recipe, store: Store, log: Any = print) -> dict[str, Any]:
-    from pipeline.runner import _ray_map
-
-    return write_pack_files(store, recipe.model.pack, token_ids_for(recipe), _ray_map, log=log)
+    return write_pack_files(store, recipe.model.pack, token_ids_for(recipe), ray_map, log=log)
 
 
 def write_pack_files(store: Store, spec: Any, token_ids: dict[str, int], mapper: Any,
                      log: Any = print) -> dict[str, Any]:
     """Packs from `_work/packbuckets/` (rows with pack_id / pack_pos), one pack shard per task of `mapper`
-    (`_ray_map` in a job), then packs.parquet; returns the fill summary."""
-    from pipeline.pack_stage import pack_summary
+    (`ray_map` in a job), then packs.parquet; returns the fill summary."""
 
     shards = sorted(int(b) for b in store.list(WORK, "packbuckets"))
     done = {n.removesuffix(".json") for n in store.list(WORK, "packs")}
@@ -236,8 +224,6 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: 
                   stats: dict[str, Any], log: Any = print, score_steps: dict[str, str] | None = None) -> None:
     """Shards, manifest, rejects, packs, job.json, exports. `score_steps` (stage key -> the step whose work
     files hold that stage's scores under the ids it scored) goes into job.json for regen-sft."""
-    from pipeline.runner import _ray_map
-
     buckets = sorted(int(b) for b in store.list(WORK, "buckets"))
     table = reject_duplicate_ids(_final_tables(store, step))
     kept_mask = pc.is_null(table["drop_stage"])
@@ -256,7 +242,7 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: 
     if todo:
         log(f"[vlcurate] writing {len(todo)} shard bucket(s)")
         shard_bytes = recipe.model.output.shard_bytes
-        _ray_map([{"bucket": b} for b in todo], write_bucket_task, out=store.uri,
+        ray_map([{"bucket": b} for b in todo], write_bucket_task, out=store.uri,
                  shard_bytes=int(shard_bytes) if shard_bytes else None)
     shard_of: dict[str, str] = {}
     for b in buckets:
@@ -292,7 +278,6 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: 
     # not sort_keys: the stages mapping is the run order, and regen-sft reads it back
     store.write_bytes(json.dumps(job, indent=2).encode(), "job.json")
     if recipe.model.output.exports:
-        from pipeline.exports import export_all
 
         log(f"[vlcurate] exporting for {', '.join(recipe.model.output.exports)}")
         export_all(store.uri, recipe.model.output.exports)
@@ -302,7 +287,6 @@ def input_location(path: str) -> str:
     """The input as a path that works from any directory (regen-sft reads it again)."""
     import os
 
-    from pipeline.storage import is_remote
 
     return path if is_remote(path) else os.path.abspath(path)
 

@@ -27,7 +27,7 @@ from pipeline.readers.qa import (
 from pipeline.readers.video import VideoReader
 from pipeline.readers.vl import Nlvr2Reader, SnliVeReader, VisualGenomeQaReader
 from pipeline.readers.web import FolderReader, JsonlReader, ParquetReader, WebDatasetReader
-from pipeline.recipe import InputSpec, Recipe
+from pipeline.spec import InputSpec, Recipe
 
 READERS: dict[str, Any] = {
     "jsonl": JsonlReader(),

@@ -25,8 +25,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
+from pipeline.spec import InputSpec, RecipeError
 from pipeline.storage import is_remote, resolve
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")

@@ -32,8 +32,8 @@ import pyarrow.fs as pafs
 from pipeline.readers.base import Partition, cap_text, check_options, drop
 from pipeline.readers.grounding import _Instances, option_path, slices
 from pipeline.readers.vl import attach_image, one_json_file
-from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
+from pipeline.spec import InputSpec, RecipeError
 from pipeline.storage import resolve
 
 _ENTITY = re.compile(r"\[/EN#(\d+)((?:/[^\s/\[\]]+)+)\s+([^\[\]]*)\]")

@@ -34,8 +34,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipeline.readers.base import Partition, _name, check_options, drop, load_image
-from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
+from pipeline.spec import InputSpec, RecipeError
 from pipeline.storage import resolve
 
 # ---------------------------------------------------------------------------------------------- shared helpers

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 
 from pipeline.readers.base import drop, input_root, load_image
 from pipeline.readers.web import JsonlReader
-from pipeline.recipe import InputSpec
+from pipeline.spec import InputSpec
 
 OPTIONS = ("texts_column", "images_column")
 

@@ -28,8 +28,8 @@ from pipeline.readers.base import IMAGE_EXTENSIONS, Partition, check_options, dr
 from pipeline.readers.grounding import cached, image_size, option_path, slices
 from pipeline.readers.vl import attach_image
 from pipeline.readers.web import JsonlReader
-from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
+from pipeline.spec import InputSpec, RecipeError
 from pipeline.storage import resolve
 
 

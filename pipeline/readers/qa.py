@@ -55,8 +55,8 @@ from pipeline.readers.base import (
 )
 from pipeline.readers.grounding import cached, load_json, option_path, slices
 from pipeline.readers.web import JsonlReader
-from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
+from pipeline.spec import InputSpec, RecipeError
 from pipeline.storage import resolve
 
 

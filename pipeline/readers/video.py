@@ -42,6 +42,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from formatters import qwen
 from pipeline.readers.base import (
     Partition,
     _files,
@@ -57,8 +58,8 @@ from pipeline.readers.base import (
 )
 from pipeline.readers.qa import _scalars
 from pipeline.readers.web import JsonlReader
-from pipeline.recipe import InputSpec, Recipe, RecipeError
 from pipeline.schema import make_id, new_row
+from pipeline.spec import InputSpec, Recipe, RecipeError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp")
 JSONL_EXTENSIONS = (".jsonl", ".json")
@@ -95,9 +96,7 @@ def _png(frame: Any) -> bytes:
 
 def decode_video(source: Any, options: dict[str, Any], chunk: int = FRAME_CHUNK) -> tuple[list[bytes], dict[str, Any]]:
     """A local path (or a file-like object) -> (PNG frames, plan dict); raises VideoError(reason, detail)."""
-    import torch
-
-    from formatters.qwen import video_plan
+    import torch  # here: only video decoding needs it
 
     try:
         import decord
@@ -110,7 +109,7 @@ def decode_video(source: Any, options: dict[str, Any], chunk: int = FRAME_CHUNK)
     if total_frames <= 0 or not video_fps > 0 or height <= 0 or width <= 0:
         raise VideoError("decode_error", f"no frames or no fps (frames={total_frames}, fps={video_fps})")
     try:
-        plan = video_plan(total_frames, video_fps, height, width, **options)
+        plan = qwen.video_plan(total_frames, video_fps, height, width, **options)
     except (ValueError, TypeError) as e:
         raise VideoError("frame_plan_error", str(e)[:200]) from None
     frames: list[bytes] = []
@@ -155,8 +154,6 @@ OPTIONS = (*PLAN_OPTIONS, "video_column", "videos_per_partition")
 
 def _limits(options: dict[str, Any]) -> dict[str, Any]:
     """The plan options in effect (defaults of formatters.qwen.video_plan filled in)."""
-    from formatters import qwen
-
     out: dict[str, Any] = {"fps": qwen.VIDEO_FPS, "min_frames": qwen.VIDEO_MIN_FRAMES,
                            "max_frames": qwen.VIDEO_MAX_FRAMES, "min_pixels": qwen.VIDEO_MIN_PIXELS,
                            "max_pixels": qwen.VIDEO_MAX_PIXELS, "total_pixels": qwen.VIDEO_TOTAL_PIXELS}
@@ -212,8 +209,6 @@ class VideoReader:
             v = spec.options.get(key)
             if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v < 0):
                 raise RecipeError(f"input.options.{key}: must be a non-negative number (got {v!r})")
-        from formatters import qwen
-
         lo = spec.options.get("min_pixels", qwen.VIDEO_MIN_PIXELS)
         hi = spec.options.get("max_pixels", qwen.VIDEO_MAX_PIXELS)
         if hi < lo:

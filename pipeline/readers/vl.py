@@ -32,8 +32,8 @@ import pyarrow.fs as pafs
 from pipeline.readers.base import Partition, check_options, drop, load_image
 from pipeline.readers.grounding import cached, load_json, option_path, slices
 from pipeline.readers.web import JsonlReader
-from pipeline.recipe import InputSpec, RecipeError
 from pipeline.schema import make_id, new_row
+from pipeline.spec import InputSpec, RecipeError
 from pipeline.storage import resolve
 
 SNLI_LABELS = ("entailment", "neutral", "contradiction")

@@ -27,8 +27,8 @@ from pipeline.readers.base import (
     record_to_row,
     too_long,
 )
-from pipeline.recipe import InputSpec
 from pipeline.schema import make_id, new_row
+from pipeline.spec import InputSpec
 from pipeline.storage import resolve
 from pipeline.tar import iter_entries
 
