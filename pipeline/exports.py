@@ -473,7 +473,9 @@ def _export(samples: Iterator[tuple[str, dict[str, Any], list[tuple[str, bytes]]
         # media files are named by content: the many samples built from one image share one file
         names = [f"images/{hashlib.sha1(data).hexdigest()[:20]}.{suffix.partition('.')[2]}"
                  for suffix, data in media]
-        if trainer == "llamafactory":
+        if (doc.get("meta") or {}).get("layout") == "interleaved":  # text and images in reading order: no
+            record: dict[str, Any] | str = "interleaved_document_not_supported"  # trainer form checked yet
+        elif trainer == "llamafactory":
             video_fps = video_fps or (_sample_fps(doc) if _is_video(doc.get("messages") or []) else None)
             record = to_llamafactory(doc, names, video_fps)
         else:

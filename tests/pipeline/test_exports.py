@@ -485,3 +485,19 @@ def test_swift_pt_record_tokenizes_to_the_shards_pretraining_sample(job, tokeniz
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     assert tok(text, add_special_tokens=False)["input_ids"] == list(row["input_ids"])
     assert tok.convert_ids_to_tokens(int(row["input_ids"][-1])) == "<|endoftext|>"
+
+
+def test_interleaved_documents_are_skipped_with_a_reason_but_in_the_hf_export(tmp_path, tokenizer_dir) -> None:
+    """No trainer export form has been checked to keep a document's texts and images in reading order, so those
+    exports skip it with the reason counted; the hf export (messages + images) keeps it."""
+    row = {"id": "d", "images": [png(224, 224), jpeg(320, 240, 3)], "text": None, "meta": {},
+           "annotations": {"texts": ["First part.", None, "Between.", None, "End."]}}
+    stage = Format(FormatSpec(builder="interleaved", tokenizer=tokenizer_dir, max_pixels=28 * 28 * 1280))
+    (doc,) = stage.expand({**row, "source": "interleaved"})
+    out = tmp_path / "job"
+    Store(str(out)).write_bytes(shard_tar([{**row, **doc, "id": make_id("d", 0)}], ["n_tokens"]), "shards",
+                                "shard-00000.tar")
+    for trainer in ("llamafactory", "swift", "qwen"):
+        summary = export(str(out), trainer)
+        assert summary["samples"] == 0 and summary["skipped"] == {"interleaved_document_not_supported": 1}
+    assert export(str(out), "hf")["samples"] == 1
