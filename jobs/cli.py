@@ -125,6 +125,9 @@ def _mix(args: argparse.Namespace) -> int:
         print(f"vlcurate: {e}", file=sys.stderr)
         return 2
     print("\n".join(format_summary(args.out, stats)))
+    from jobs.report import build_report
+
+    print(f"  report: {build_report(args.out)}")
     return 0
 
 

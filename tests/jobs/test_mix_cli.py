@@ -35,6 +35,8 @@ def test_mix_prints_shares_and_warning(tmp_path, capsys):
     assert row[1:4] == ["50.00%", "66.67%", "200"]  # asked, achieved, samples
     stats = json.loads((tmp_path / "o" / "stats.json").read_text())
     assert stats["seed"] == 3 and stats["sources"]["b"]["samples"] == 100
+    report = (tmp_path / "o" / "report.html").read_text()  # written at the end, as a job's is
+    assert f"report: {tmp_path / 'o' / 'report.html'}" in out and "Sources" in report
     # a mix folder is rebuilt by the next mix; a folder that is not empty and not a job is refused
     assert main(["mix", str(mix), "-o", str(tmp_path / "o"), "--set", "total=200"]) == 0
     assert json.loads((tmp_path / "o" / "stats.json").read_text())["samples"] == 200
