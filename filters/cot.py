@@ -6,7 +6,8 @@ Stages, in recipe order (each row after ``cot_generate`` is one candidate; ``par
 - ``cot_generate`` (expand, model): a prompt row -> ``n`` candidates from the backend (``generate``), asked
   ``template`` (``{question}`` = the row's text). A child's ``text`` is that prompt, ``answer`` the generated
   text, ``gold_answer`` / ``question`` the row's own; ``cot_kind``, ``cot_sample`` (0..n-1), ``cot_seed`` (the
-  seed of the prompt's call, from ``seed`` and the prompt id), ``cot_model`` (a fingerprint of the model),
+  candidate's own seed, from ``seed``, the prompt id and the sample index: the backend draws each candidate
+  from its seed alone), ``cot_model`` (a fingerprint of the model),
   ``cot_finish_reason``, ``cot_tokens``. The backend is chosen as the relevance stage's is.
 - ``cot_verify`` (map, on an actor pool): the final answer (``extract_answer``) checked against the gold one:
   math-verify, VQA accuracy / exact match, the multiple-choice letter, or the HumanEval tests in the sandbox.
@@ -68,9 +69,9 @@ VISUAL_PROMPT = ('Question: "{question}"\nResponse: "{answer}"\n'
 VERIFIER_FAILURES = ("wrong_answer", "visual_inconsistent")  # the DPO rejections preferred (with tests_*)
 
 
-def prompt_seed(seed: int, prompt_id: str) -> int:
-    """The seed of one prompt's call: distinct per prompt, the same on every run and actor."""
-    return int(hashlib.sha1(f"{seed}:{prompt_id}".encode()).hexdigest()[:8], 16)
+def sample_seed(seed: int, prompt_id: str, sample: int) -> int:
+    """The seed of one candidate: distinct per prompt and sample index, the same on every run and actor."""
+    return int(hashlib.sha1(f"{seed}:{prompt_id}:{sample}".encode()).hexdigest()[:8], 16)
 
 
 def model_fingerprint(backend: str, model: str | None, served_model: str | None = None) -> str:
@@ -129,11 +130,11 @@ class CotGenerate(Relevance):
             return "no_answer"
         images = [Image.open(io.BytesIO(bytes(b))) for b in row.get("images") or []]
         prompt = self.prompt(question)
-        seed = prompt_seed(p.seed, row["id"])
+        seeds = [sample_seed(p.seed, row["id"], j) for j in range(p.n)]
         [candidates] = self.backend.generate([Item(images=images, prompt=prompt)], n=p.n, temperature=p.temperature,
-                                             top_p=p.top_p, max_new_tokens=p.max_new_tokens, seed=seed)
-        return [candidate_row(row, prompt, p.kind, j, seed, self.fingerprint, c.text, c.finish_reason, c.n_tokens)
-                for j, c in enumerate(candidates)]
+                                             top_p=p.top_p, max_new_tokens=p.max_new_tokens, seeds=seeds)
+        return [candidate_row(row, prompt, p.kind, j, s, self.fingerprint, c.text, c.finish_reason, c.n_tokens)
+                for j, (s, c) in enumerate(zip(seeds, candidates, strict=False))]
 
 
 def candidate_row(row: dict[str, Any], prompt: str, kind: str, sample: int, seed: int, model: str, text: str,

@@ -3,7 +3,9 @@
 ``score_yes_no(items)`` does one forward pass per item and returns ``YesNo(p_yes, mass)``: p_yes sums the
 next-token probabilities of every "yes" variant (``yes``, ``Yes``, `` yes``, ``YES`` …), p_no likewise,
 P(yes) = p_yes / (p_yes + p_no) and ``mass`` = p_yes + p_no (a low mass means the model did not answer
-yes or no: the prompt did not work). ``generate(items, n, …)`` returns exactly n ``Candidate``s per item.
+yes or no: the prompt did not work). ``generate(items, n, …)`` returns exactly n ``Candidate``s per item;
+with ``seeds`` (n of them) candidate j of each item is drawn with ``seeds[j]`` alone, so it is the same
+whatever the other candidates and items of the call (``seed`` instead seeds the call as a whole).
 
 Images are resized with Qwen's smart_resize under the caller's ``min_pixels`` / ``max_pixels`` (the
 recipe's limits) before they reach the model, so what is scored is what is trained on.
@@ -86,7 +88,10 @@ def resize(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
     return image if (w, h) == image.size else image.resize((w, h), Image.Resampling.BICUBIC)
 
 
-def check_generate_args(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
+def check_generate_args(n: int, temperature: float, top_p: float, max_new_tokens: int,
+                        seeds: Sequence[int] | None = None) -> None:
+    if seeds is not None and len(seeds) != n:
+        raise BackendError(f"generate: seeds gives {len(seeds)} seed(s) for n={n} candidates")
     if n < 1 or max_new_tokens < 1:
         raise BackendError(f"generate: n ({n}) and max_new_tokens ({max_new_tokens}) must be at least 1")
     if temperature < 0 or not 0 < top_p <= 1:
@@ -126,4 +131,5 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, items: Sequence[Item], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 512, seed: int | None = None) -> list[list[Candidate]]: ...
+                 max_new_tokens: int = 512, seed: int | None = None,
+                 seeds: Sequence[int] | None = None) -> list[list[Candidate]]: ...

@@ -111,14 +111,19 @@ class TransformersBackend(Backend):
         return out
 
     def generate(self, items: Sequence[Item], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 512, seed: int | None = None) -> list[list[Candidate]]:
+                 max_new_tokens: int = 512, seed: int | None = None,
+                 seeds: Sequence[int] | None = None) -> list[list[Candidate]]:
         """n candidates per item. With a seed the result is the same on every call with the same items and
-        batch_size (sampling draws from one generator per batch)."""
-        check_generate_args(n, temperature, top_p, max_new_tokens)
+        batch_size (sampling draws from one generator per batch). With seeds, each candidate is generated
+        alone from its own seed (no batching: it depends on its item and seed only)."""
+        check_generate_args(n, temperature, top_p, max_new_tokens, seeds)
         sample = temperature > 0
         options = {"do_sample": sample, "temperature": temperature if sample else None,
                    "top_p": top_p if sample else None, "top_k": None, "num_return_sequences": n if sample else 1,
                    "max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if seeds is not None:
+            return [[self._generate_one(item, s, {**options, "num_return_sequences": 1}) for s in seeds]
+                    for item in items]
         result: list[list[Candidate]] = []
         for batch in _batches(items, self.batch_size):
             inputs = self._inputs(batch)
@@ -130,6 +135,13 @@ class TransformersBackend(Backend):
             candidates = [self._candidate(ids) for ids in new for _ in range(1 if sample else n)]
             result.extend(candidates[i * n : (i + 1) * n] for i in range(len(batch)))
         return result
+
+    def _generate_one(self, item: Item, seed: int, options: dict[str, Any]) -> Candidate:
+        inputs = self._inputs([item])
+        self.torch.manual_seed(seed)
+        with self.torch.inference_mode():
+            out = self.model.generate(**inputs, **options)
+        return self._candidate(out[0, inputs["input_ids"].shape[1]:].tolist())
 
     def _candidate(self, ids: list[int]) -> Candidate:
         stop = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)

@@ -110,9 +110,11 @@ class OpenAIBackend(Backend):
         return self._map(self._score_one, items)
 
     def generate(self, items: Sequence[Item], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 512, seed: int | None = None) -> list[list[Candidate]]:
-        """n candidates per item; ``n_tokens`` counts the text's tokens under the Qwen2.5 tokenizer."""
-        check_generate_args(n, temperature, top_p, max_new_tokens)
+                 max_new_tokens: int = 512, seed: int | None = None,
+                 seeds: Sequence[int] | None = None) -> list[list[Candidate]]:
+        """n candidates per item; ``n_tokens`` counts the text's tokens under the Qwen2.5 tokenizer. With
+        seeds, candidate j is its own request (n=1) with ``seeds[j]``."""
+        check_generate_args(n, temperature, top_p, max_new_tokens, seeds)
         tokenizer = qwen_tokenizer()
 
         def one(item: Item) -> list[Candidate]:
@@ -121,9 +123,11 @@ class OpenAIBackend(Backend):
             choices: list[dict[str, Any]] = []
             attempt = 0
             while len(choices) < n:
-                want = n - len(choices)
+                want = 1 if seeds is not None else n - len(choices)
                 extra = {"n": want} if want > 1 else {}
-                if seed is not None:
+                if seeds is not None:
+                    extra["seed"] = seeds[len(choices)]
+                elif seed is not None:
                     extra["seed"] = seed + attempt
                 got = self._post({**body, **extra}).get("choices") or []
                 if not got:

@@ -80,20 +80,26 @@ class VLLMBackend(Backend):
         return scores
 
     def generate(self, items: Sequence[Item], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 512, seed: int | None = None) -> list[list[Candidate]]:
-        """n candidates per item; with a seed each request is seeded, so results do not depend on batching."""
-        check_generate_args(n, temperature, top_p, max_new_tokens)
-        params = vllm.SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                     seed=seed)
-        result = []
-        for output in self.llm.generate(self._prompts(items), sampling_params=params, use_tqdm=False):
-            candidates = []
+                 max_new_tokens: int = 512, seed: int | None = None,
+                 seeds: Sequence[int] | None = None) -> list[list[Candidate]]:
+        """n candidates per item; with a seed each request is seeded, so results do not depend on batching.
+        With seeds, each candidate is its own request with its own seed, all in one batched call."""
+        check_generate_args(n, temperature, top_p, max_new_tokens, seeds)
+        prompts = self._prompts(items)
+        if seeds is None:
+            params: Any = vllm.SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                              seed=seed)
+        else:
+            prompts = [p for p in prompts for _ in seeds]
+            params = [vllm.SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                          seed=s) for _ in items for s in seeds]
+        candidates = []
+        for output in self.llm.generate(prompts, sampling_params=params, use_tqdm=False):
             for c in output.outputs:
                 ids = list(c.token_ids)
                 if ids and ids[-1] in self.stop_ids:
                     ids = ids[:-1]
                 candidates.append(Candidate(text=c.text, finish_reason=c.finish_reason or "stop", n_tokens=len(ids)))
-            if len(candidates) != n:
-                raise RuntimeError(f"vLLM returned {len(candidates)} candidates, not n={n}")
-            result.append(candidates)
-        return result
+        if len(candidates) != n * len(items):
+            raise RuntimeError(f"vLLM returned {len(candidates)} candidates, not n={n} for each of {len(items)}")
+        return [candidates[i * n:(i + 1) * n] for i in range(len(items))]

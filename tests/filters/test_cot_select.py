@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from filters.cot import CotGenerate, CotQuality, CotSelect, CotVerify, model_fingerprint, prompt_seed
+from filters.cot import CotGenerate, CotQuality, CotSelect, CotVerify, model_fingerprint, sample_seed
 from model.backends import Candidate, YesNo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +87,8 @@ class Planted:
         self.log = log
         self.planted = {**PLANTED, **MC_PLANTED, **_code_candidates()}
 
-    def generate(self, items, n=1, temperature=1.0, top_p=1.0, max_new_tokens=512, seed=None):
+    def generate(self, items, n=1, temperature=1.0, top_p=1.0, max_new_tokens=512, seed=None, seeds=None):
+        assert seeds is not None and len(seeds) == n  # cot_generate seeds every candidate
         out = []
         for it in items:
             question = next(q for q in self.planted if q in it.prompt)
@@ -114,7 +115,8 @@ def candidates_of(question: str, kind: str = "vqa", prompt_id: str = "p") -> lis
 def test_generate_fields_seed_and_fingerprint(tmp_path):
     rows = candidates_of("What animal is this?")
     assert [r["cot_sample"] for r in rows] == list(range(8))
-    assert {r["cot_seed"] for r in rows} == {prompt_seed(0, "p")} and prompt_seed(0, "p") != prompt_seed(0, "q")
+    assert [r["cot_seed"] for r in rows] == [sample_seed(0, "p", j) for j in range(8)]  # its own seed each
+    assert len({r["cot_seed"] for r in rows}) == 8 and sample_seed(0, "p", 0) != sample_seed(0, "q", 0)
     assert rows[3]["cot_finish_reason"] == "length" and rows[1]["answer"].endswith("Answer: horse")
     assert rows[0]["text"].startswith("What animal is this?") and "Answer:" in rows[0]["text"]  # the vqa template
     (tmp_path / "m").mkdir()

@@ -217,7 +217,7 @@ def test_tiny_model_end_to_end(ray_local, tiny_model, tmp_path):
     prompts = {r["parent_id"] for r in cands}
     assert len(prompts) == 10 and len(cands) == 20  # every prompt, n candidates each
     assert all(sorted(r["cot_sample"] for r in cands if r["parent_id"] == p) == [0, 1] for p in prompts)
-    assert len({r["cot_seed"] for r in cands}) == 10 and len({r["cot_model"] for r in cands}) == 1
+    assert len({r["cot_seed"] for r in cands}) == 20 and len({r["cot_model"] for r in cands}) == 1  # one each
     assert rows(out, "manifest.parquet") == []
     rejects = rows(out, "rejects.parquet")
     assert len(rejects) == 20 and {r["drop_reason"] for r in rejects} == {"no_verified_candidate"}

@@ -132,6 +132,18 @@ def test_generate_is_seeded_and_returns_n(backend: TransformersBackend) -> None:
         backend.generate(items, n=0)
 
 
+def test_each_candidate_is_drawn_from_its_own_seed(backend: TransformersBackend) -> None:
+    """With seeds, candidate j depends on its item and seeds[j] only: not on the other candidates, nor on n."""
+    item = _items()[1]
+    kw = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 6}
+    three = backend.generate([item], n=3, seeds=[11, 12, 13], **kw)[0]
+    assert backend.generate([item], n=1, seeds=[12], **kw)[0] == [three[1]]
+    assert backend.generate([item, _items()[0]], n=2, seeds=[13, 11], **kw)[0] == [three[2], three[0]]
+    assert len({c.text for c in backend.generate([item], n=6, seeds=list(range(6)), **kw)[0]}) > 1
+    with pytest.raises(BackendError, match="^generate: seeds gives 2 seed"):
+        backend.generate([item], n=3, seeds=[1, 2])
+
+
 def test_model_path_errors_are_one_line(tmp_path: Path, tiny_dir: str) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "bert").mkdir()
