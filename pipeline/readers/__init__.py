@@ -62,8 +62,9 @@ def reader_for(spec: InputSpec) -> Any:
 def check_input(recipe: Recipe, parts: list[Partition], allow_empty: bool = False) -> None:
     """What the plan tells before Ray starts, as a RecipeError: an input without records (unless allowed),
     an input the recipe's format section cannot use (the reader's own `check_recipe`)."""
-    check_not_empty(recipe.input, parts, allow_empty)
-    check = getattr(reader_for(recipe.input), "check_recipe", None)
+    reader = reader_for(recipe.input)
+    check_not_empty(recipe.input, parts, allow_empty, getattr(reader, "any_records", None))
+    check = getattr(reader, "check_recipe", None)
     if check is not None:
         check(recipe)
 

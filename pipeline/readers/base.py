@@ -125,6 +125,9 @@ _LEADING_SPACE = re.compile(rb"(?:\xef\xbb\xbf)?\s*")
 
 def check_json_lines(data: bytes, spec: InputSpec, relpath: str) -> None:
     """A JSON array given where JSON Lines are read is one error line, not an invalid_json row per line."""
+    if data[257:262] == b"ustar" or relpath.endswith(".tar"):
+        raise RecipeError(f"input.path: {relpath} is a tar archive, not JSON Lines as format {spec.format!r} "
+                          "reads; for webdataset tars set input.format: webdataset")
     start = _LEADING_SPACE.match(data).end()
     if data[start:start + 1] == b"[":
         stem = posixpath.basename(relpath).removesuffix(".gz").rsplit(".", 1)[0]
@@ -132,10 +135,14 @@ def check_json_lines(data: bytes, spec: InputSpec, relpath: str) -> None:
                           f"{spec.format!r} reads; convert it, e.g. jq -c '.[]' {relpath} > {stem}.jsonl")
 
 
-def check_not_empty(spec: InputSpec, parts: list[Partition], allow_empty: bool) -> None:
+def check_not_empty(spec: InputSpec, parts: list[Partition], allow_empty: bool, any_records: Any = None) -> None:
     """An input without a single record is an error (unless allowed) when the plan can tell: every partition
-    knows its record count (tars do not)."""
-    if not allow_empty and all(p.stop is not None for p in parts) and sum(p.stop - p.start for p in parts) == 0:
+    knows its record count, or the reader's ``any_records(spec, parts)`` (tars: the first member) says none."""
+    if allow_empty:
+        return
+    counted = all(p.stop is not None for p in parts)
+    if (counted and sum(p.stop - p.start for p in parts) == 0) or (
+            not counted and any_records is not None and not any_records(spec, parts)):
         raise RecipeError(f"input.path: no records in {spec.path} (empty input); "
                           "pass --allow-empty to run the job anyway")
 

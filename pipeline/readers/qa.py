@@ -48,6 +48,7 @@ from pipeline.readers.base import (
     Partition,
     _files,
     _name,
+    cap_text,
     check_options,
     drop,
     load_image,
@@ -277,7 +278,7 @@ class VqaV2Reader:
                     rows.append(drop(row, "no_answers", f"no annotation with answers for question {qid}"))
                     continue
                 row["answer"] = most_common(answers)
-            rows.append(row)
+            rows.append(cap_text(row, spec))
         return rows
 
 
@@ -366,5 +367,5 @@ class GqaReader:
                 rows.append(drop(row, err, f"{file_name} in {image_dir}"))
                 continue
             row["images"] = [data]
-            rows.append(row)
+            rows.append(cap_text(row, spec))
         return rows

@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers.base import Partition, check_options, drop, load_image
+from pipeline.readers.base import Partition, cap_text, check_options, drop, load_image
 from pipeline.readers.grounding import cached, load_json, option_path, slices
 from pipeline.readers.web import JsonlReader
 from pipeline.schema import make_id, new_row
@@ -173,5 +173,5 @@ class VisualGenomeQaReader:
                 rows.append(drop(row, err, f"{name} in {image_dir}"))
                 continue
             row["images"] = [data]
-            rows.append(row)
+            rows.append(cap_text(row, spec))
         return rows

@@ -124,6 +124,19 @@ class WebDatasetReader:
         fs, root, files = _files(spec, self.suffixes)
         return [Partition(_name(i), p, _rel(root, p)) for i, p in enumerate(files)]
 
+    def any_records(self, spec: InputSpec, parts: list[Partition]) -> bool:
+        """Whether some tar holds a member (reads tar headers until one is found; an unreadable tar counts as
+        holding records: its rows say why)."""
+        fs, _ = resolve(spec.path)
+        for part in parts:
+            try:
+                with fs.open_input_file(part.path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                    if tar.next() is not None:
+                        return True
+            except (tarfile.TarError, OSError):
+                return True
+        return False
+
     def read(self, spec: InputSpec, part: Partition) -> list[dict[str, Any]]:
         fs, _ = resolve(spec.path)
         with fs.open_input_stream(part.path) as f:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.readers import check_input, iter_rows
+from pipeline.readers import check_input, iter_rows, reader_for
 from pipeline.readers.base import Partition
 from pipeline.recipe import InputSpec, RecipeError, parse_recipe
 from tests import media
@@ -209,6 +209,28 @@ def test_empty_input_check_on_plans():
     check_input(recipe, [Partition("p0", "a", "a", 0, 0)], allow_empty=True)
     check_input(recipe, [Partition("p0", "a", "a", 0, 0), Partition("p1", "b", "b", 0, 3)])
     check_input(recipe, [Partition("p0", "a.tar", "a.tar")])  # tars: the count is unknown before reading
+
+
+def test_empty_webdataset_tars_are_an_error_unless_allowed(tmp_path):
+    """Tars do not know their record count, but an input whose every tar holds no member is refused before
+    Ray, in one line; one member in the last tar is enough."""
+    (tmp_path / "wds").mkdir()
+    for name in ("a.tar", "b.tar"):
+        tarfile.open(tmp_path / "wds" / name, "w").close()
+    recipe = parse_recipe({"input": {"path": str(tmp_path / "wds"), "format": "webdataset"}})
+    parts = reader_for(recipe.input).plan(recipe.input)
+    with pytest.raises(RecipeError, match="no records"):
+        check_input(recipe, parts)
+    # the same tar read as JSON Lines (the recipe's default format) is one line, not an invalid_json row
+    rc, err = vlcurate_run(tmp_path, f"input: {{path: {tmp_path / 'wds' / 'b.tar'}}}\n")
+    assert rc == 2 and err == ["vlcurate: input.path: b.tar is a tar archive, not JSON Lines as format "
+                               "'jsonl' reads; for webdataset tars set input.format: webdataset"], err
+    check_input(recipe, parts, allow_empty=True)
+    with tarfile.open(tmp_path / "wds" / "b.tar", "w") as tar:
+        info = tarfile.TarInfo("k0.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    check_input(recipe, parts)
 
 
 @pytest.mark.parametrize("content", [

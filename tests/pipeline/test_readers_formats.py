@@ -394,3 +394,18 @@ def test_job_end_to_end(ray_local, tokenizer_dir, tmp_path, fmt):
         grounded = [{"messages": d["messages"], "meta": d["meta"], "annotations": d["annotations"]}
                     for d in docs if (d.get("annotations") or {}).get("grounding")]
         assert assert_shapes_on_source(grounded, quads, FORMATS / "wildreceipt" / "2.jpeg") >= 17
+
+
+@pytest.mark.parametrize(("fmt", "path"), [
+    ("gqa", FORMATS / "gqa" / "questions1.json"),
+    ("visual_genome_qa", FORMATS / "visual_genome_qa" / "question_answers.json"),
+    ("vqav2", REPO / "tests" / "data" / "qa" / "vqav2" / "questions.json")])
+def test_question_text_is_capped_like_captions(fmt, path):
+    """input.max_caption_bytes caps a question as it caps a caption: caption_too_long, the text dropped."""
+    full = [r for r in rows(path, fmt) if not r["drop_reason"]]
+    cap = min(len(r["text"].encode()) for r in full)  # the shortest question passes, every longer one is cut
+    capped = {r["id"]: r for r in rows(path, fmt, max_caption_bytes=cap)}
+    for r in full:
+        over = len(r["text"].encode()) > cap
+        assert capped[r["id"]]["drop_reason"] == ("caption_too_long" if over else None), r["text"]
+        assert (capped[r["id"]]["text"] is None) == over
