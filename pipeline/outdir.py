@@ -54,8 +54,11 @@ def is_complete(store: Store) -> bool:
 def finish(store: Store, steps: list[str], keep_work: bool, stats: dict[str, Any]) -> dict[str, Any]:
     """Mark the job complete (a rerun then does nothing); unless `keep_work`, strip what only a resume needs
     from `_work/`: the image bytes and token arrays of every step's partition files (ids, scores and
-    decisions stay: that is what `regen-sft` reads) and the shard buckets. The sizes go into stats.json."""
-    before = store.size(WORK)
+    decisions stay: that is what `regen-sft` reads) and the shard buckets. The sizes go into stats.json:
+    ``work`` (``_work`` before and after the clean-up) and ``bytes``: the media bytes the read step loaded
+    (images, video frames), every byte the job wrote (the folder before the clean-up) and their ratio."""
+    before, written = store.size(WORK), store.size()
+    media = int(((stats.get("stages") or {}).get("read") or {}).get("media_bytes") or 0)
     store.write_bytes(json.dumps({"work_cleaned": not keep_work}).encode(), WORK, COMPLETE)
     if not keep_work:
         for step in steps:
@@ -67,6 +70,8 @@ def finish(store: Store, steps: list[str], keep_work: bool, stats: dict[str, Any
         for name in RESUME_ONLY:
             store.delete_dir(WORK, name)
     stats = {**stats, "work": {"bytes_at_end_of_job": before, "bytes_kept": store.size(WORK),
-                               "cleaned": not keep_work}}
+                               "cleaned": not keep_work},
+             "bytes": {"media_read": media, "written": written,
+                       "written_over_media_read": round(written / media, 3) if media else None}}
     store.write_bytes(json.dumps(stats, indent=2).encode(), "stats.json")
     return stats

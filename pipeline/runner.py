@@ -279,7 +279,8 @@ class StepWorker:
                 n_in = len(rows)
                 dropped = Counter(r["drop_reason"] for r in rows if r.get("drop_stage") is not None)
                 stat = {"in": len(rows), "kept": len(rows) - sum(dropped.values()),
-                        "dropped": dict(sorted(dropped.items()))}
+                        "dropped": dict(sorted(dropped.items())),
+                        "media_bytes": sum(len(b) for r in rows for b in r.get("images") or [])}
             elif op.kind in ("map", "score"):
                 stat = apply_map(self.stages[op.key], rows, decide=op.kind == "map")
                 if isinstance(self.stages[op.key], ReusedScores):

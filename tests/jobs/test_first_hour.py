@@ -137,6 +137,20 @@ def test_work_is_stripped_after_success_and_a_rerun_does_nothing(ray_local, tmp_
     assert main(["run", DEMO, "-o", str(kept), "--set", DEMO_INPUT, "--keep-work"]) == 0
     stats = json.loads((out / "stats.json").read_text())["work"]
     assert stats["cleaned"] and stats["bytes_kept"] < stats["bytes_at_end_of_job"]
+    # bytes: the media the read step loaded (each record's image file, the missing one aside) against what
+    # the job wrote: the shards (the kept images) plus _work before its clean-up
+    written = json.loads((out / "stats.json").read_text())["bytes"]
+    demo = REPO / "jobs" / "demo_data"
+    files = []
+    for line in (demo / "captions.jsonl").read_text().splitlines():
+        try:
+            files.append(demo / json.loads(line)["image"])
+        except ValueError:  # the line that is not valid JSON is a reject of the read step, loaded nothing
+            continue
+    assert written["media_read"] == sum(f.stat().st_size for f in files if f.is_file())
+    shards = sum(p.stat().st_size for p in (out / "shards").iterdir())
+    assert written["written"] >= shards + stats["bytes_at_end_of_job"]
+    assert written["written_over_media_read"] == round(written["written"] / written["media_read"], 3)
     assert not (out / "_work" / "buckets").exists() and (kept / "_work" / "buckets").exists()
     for f in (out / "_work").rglob("*.parquet"):
         names = pq.read_schema(f).names
