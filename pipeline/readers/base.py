@@ -253,6 +253,22 @@ def iter_json_lines(data: bytes, part: Partition, key_field: str | None
         yield row, rec
 
 
+def attach_images(row: dict[str, Any], fs: Any, base_dir: str, spec: InputSpec,
+                  values: list[tuple[str, Any]]) -> bool:
+    """Load each (label, value) image into the row (paths into ``meta["image_paths"]``); the first that fails
+    drops the row with its reason and the label in the detail. True when the row was dropped."""
+    root = input_root(spec.path)[1]
+    for label, value in values:
+        data, path, err = load_image(fs, base_dir, value, spec, root)
+        if err:
+            drop(row, err, f"{label}: {path or value!r}"[:300])
+            return True
+        row["images"].append(data)
+        if path:
+            row["meta"].setdefault("image_paths", []).append(path)
+    return False
+
+
 def record_to_row(rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs: pafs.FileSystem,
                   base_dir: str) -> dict[str, Any]:
     """A web-pair record (dict) -> row: images loaded, caption, answer, small scalar fields kept in meta."""
@@ -260,16 +276,10 @@ def record_to_row(rec: dict[str, Any], row: dict[str, Any], spec: InputSpec, fs:
     row["text"] = text if isinstance(text, str) or text is None else str(text)
     if cap_text(row, spec)["drop_reason"]:
         return row
-    root = input_root(spec.path)[1]
     images = rec.get(spec.image_column)
     values = images if isinstance(images, list) else ([images] if images is not None else [])
-    for value in values:
-        data, path, err = load_image(fs, base_dir, value, spec, root)
-        if err:
-            return drop(row, err, f"{spec.image_column}: {path or value!r}"[:300])
-        row["images"].append(data)
-        if path:
-            row["meta"].setdefault("image_paths", []).append(path)
+    if attach_images(row, fs, base_dir, spec, [(spec.image_column, v) for v in values]):
+        return row
     if spec.answer_column:
         ans = rec.get(spec.answer_column)
         row["answer"] = ans if isinstance(ans, str) or ans is None else json.dumps(ans)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.readers.base import drop, input_root, load_image
+from pipeline.readers.base import attach_images, drop
 from pipeline.readers.web import JsonlReader
 from pipeline.spec import InputSpec
 
@@ -55,16 +55,9 @@ class InterleavedReader(JsonlReader):
             return drop(row, "interleaved_misaligned", problem)
         if not any(t and t.strip() for t in texts):
             return drop(row, "no_text")
-        root = input_root(spec.path)[1]
-        for k, value in enumerate(images):
-            if value is None:
-                continue
-            data, path, err = load_image(fs, base, value, spec, root)
-            if err:
-                return drop(row, err, f"{images_col}[{k}]: {path or value!r}"[:300])
-            row["images"].append(data)
-            if path:
-                row["meta"].setdefault("image_paths", []).append(path)
+        if attach_images(row, fs, base, spec, [(f"{images_col}[{k}]", v) for k, v in enumerate(images)
+                                               if v is not None]):
+            return row
         row["annotations"] = {"texts": texts}
         row["text"] = "\n\n".join(t for t in texts if t)
         row["meta"].update({key: v for key, v in rec.items() if key not in (texts_col, images_col)
