@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from pipeline.storage import WORK, Store
 
 CLEAR = "\r\x1b[K"
+INTERVAL_S = 0.2  # at most one redraw in this time (the last update of a step always draws)
 
 
 def _duration(seconds: float) -> str:
@@ -45,13 +46,13 @@ class Progress:
     the ETA then comes from the share of partitions done."""
 
     def __init__(self, label: str, total_rows: int | None, total_parts: int, stream: TextIO | None = None,
-                 interval_s: float = 0.2) -> None:
+                 interval_s: float | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.on = is_terminal(self.stream)
         self.label, self.total_rows, self.total_parts = label, total_rows, max(total_parts, 1)
         self.rows = self.parts = 0
         self.t0 = self.last = time.monotonic()
-        self.interval_s = interval_s
+        self.interval_s = INTERVAL_S if interval_s is None else interval_s
         if self.on:
             self._write(force=True)
 

@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 
+from pipeline import progress
 from pipeline.progress import CLEAR, Progress
 from pipeline.recipe import load_recipe
 from pipeline.runner import run_job
@@ -80,6 +81,7 @@ def run_demo(out, stderr, monkeypatch) -> list[str]:
 
 def test_a_job_under_a_pty_shows_progress_per_step(ray_local, tmp_path, monkeypatch):
     pty = Pty()
+    monkeypatch.setattr(progress, "INTERVAL_S", 0)  # every partition draws (two may finish within 0.2 s)
     logs = run_demo(tmp_path / "out", pty.tty, monkeypatch)
     monkeypatch.undo()
     out = pty.text()
