@@ -10,11 +10,14 @@ group, so the result depends on neither the order nor the partitioning of the ro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from filters.base import Batch, Params, Stage
@@ -75,82 +78,183 @@ def hamming(a: int, b: int) -> int:
     return ((a ^ b) & ((1 << 64) - 1)).bit_count()
 
 
-def lsh_bands(max_hamming: int) -> tuple[int, int]:
-    """``(n_bands, band_bits)`` that find every pair within ``max_hamming`` bits: ``max_hamming + 1`` bands
-    of ``64 // n_bands`` bits (8 bands of 8 bits for 7). Leftover high bits are not banded, which keeps the
-    pigeonhole guarantee; candidates are verified on all 64 bits."""
+def _parity(x: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(x) & 1
+
+
+@functools.cache
+def _block_passes(lo: int, size: int, radius: int) -> tuple[tuple[int, int], ...]:
+    """Passes ``(kept_mask, kept_bits)`` over bits ``lo .. lo+size-1`` such that two hashes whose block
+    differs in at most ``radius`` bits agree on every kept bit of at least one pass (covering LSH, Pagh 2016).
+
+    Each bit ``i`` gets a nonzero vector ``m_i`` of ``t = radius + 1`` bits and each nonzero ``v`` of ``t``
+    bits is a pass keeping the bits with ``m_i . v`` odd: the ``radius`` or fewer differing bits span at most
+    ``radius < t`` dimensions, so some ``v`` is orthogonal to all of them and that pass ignores them all.
+    ``2**t - 1`` passes, each keeping about half the block; the vectors are the best of a few seeded draws
+    (fewest expected candidates). Radius 0 is one pass keeping the whole block.
+    """
+    if radius == 0:
+        return (((1 << size) - 1) << lo, size),
+    t = radius + 1
+    vs = np.arange(1, 1 << t, dtype=np.int64)
+    best = None
+    for seed in range(16):
+        m = np.random.default_rng(seed).integers(1, 1 << t, size=size)
+        kept = _parity(vs[:, None] & m[None, :]).astype(bool)  # (passes, bits)
+        cost = np.exp2(-kept.sum(axis=1).astype(float)).sum()
+        if best is None or cost < best[0]:
+            best = cost, kept
+    return tuple((sum(1 << (lo + int(i)) for i in np.flatnonzero(row)), int(row.sum())) for row in best[1])
+
+
+def _designs(max_hamming: int) -> list[list[tuple[int, int, int]]]:
+    """Block partitions ``[(lo, size, radius), ...]`` of the 64 bits with ``sum(radius + 1) > max_hamming``:
+    two hashes within ``max_hamming`` bits are then within ``radius`` in at least one block (pigeonhole).
+    Even splits into 1 .. max_hamming + 1 blocks (``max_hamming + 1`` blocks of radius 0 are plain LSH
+    bands) and two blocks of every size split 4 bits apart."""
+    units = max_hamming + 1
+    out = []
+    for m in range(1, units + 1):
+        sizes = [_HASH_BITS // m + (k < _HASH_BITS % m) for k in range(m)]
+        radii = [units // m + (k < units % m) - 1 for k in range(m)]
+        out.append([(sum(sizes[:k]), sizes[k], radii[k]) for k in range(m)])
+    for u0 in range(1, units):
+        for size0 in range(8, _HASH_BITS - 7, 4):
+            out.append([(0, size0, u0 - 1), (size0, _HASH_BITS - size0, units - u0 - 1)])
+    return out
+
+
+# seconds per pass, per row and pass (mask, sort, group) and per candidate pair checked (numpy 2.4, EPYC)
+_PASS_S, _PASS_ROW_S, _CANDIDATE_S = 2e-4, 4.5e-8, 1.5e-7
+
+
+@functools.cache
+def search_plan(max_hamming: int, n: int) -> tuple[tuple[int, int], ...]:
+    """Passes ``(kept_mask, kept_bits)`` for ``n`` distinct hashes: every pair within ``max_hamming`` bits
+    agrees on all kept bits in at least one pass. Of the designs of ``_designs``, the one of least expected
+    time on random hashes: ``passes * n`` row steps plus ``sum(n**2 / 2**(kept_bits + 1))`` candidate pairs.
+    Small inputs get LSH bands (``max_hamming + 1`` passes), millions of rows longer keys over more passes."""
     if not 0 <= max_hamming < _HASH_BITS // 2:
         raise ValueError(f"max_hamming must be in [0, {_HASH_BITS // 2 - 1}], got {max_hamming}")
-    n_bands = max_hamming + 1
-    return n_bands, _HASH_BITS // n_bands
+    n = 1 << max(1, int(n).bit_length())  # one plan per power of two
+    best = None
+    for design in _designs(max_hamming):
+        passes = [p for block in design for p in _block_passes(*block)]
+        kept = np.array([k for _, k in passes], dtype=float)
+        cost = len(passes) * (_PASS_S + n * _PASS_ROW_S) + _CANDIDATE_S * float(np.sum(float(n) ** 2 / np.exp2(kept + 1)))
+        if best is None or cost < best[0]:
+            best = cost, tuple(passes)
+    return best[1]
 
 
-def candidate_pairs(hashes: np.ndarray, max_hamming: int, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of rows whose hashes are within ``max_hamming`` bits, found through LSH bands.
+def candidate_pairs(hashes: np.ndarray, max_hamming: int, max_bucket: int, weights: np.ndarray | None = None,
+                    plan_for: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of rows whose hashes are within ``max_hamming`` bits, through the passes of ``search_plan``.
 
-    ``hashes`` are int64 (or uint64) hash values. Returns ``(pairs, oversized)``: ``pairs`` an (k, 2) int64
-    array of row indices ``i < j``, sorted and unique; ``oversized`` per row the number of bands in which the
-    row's bucket held more than ``max_bucket`` rows. Such buckets are not searched, so a mass of identical or
-    blank images costs nothing and cannot chain everything into one group.
+    ``hashes`` are int64 (or uint64) values; ``weights`` the number of rows each stands for (1 each by
+    default: identical rows collapsed by the caller); ``plan_for`` the number of rows to plan the passes for
+    (default ``len(hashes)``). Returns ``(pairs, mass)``: ``pairs`` an (k, 2) int64
+    array of indices ``i < j``, sorted and unique; ``mass`` per row whether its bucket held more than the cap
+    in at least half of the passes. The cap is ``max_bucket`` rows, or four times the average bucket
+    (``rows / 2**kept_bits``) where that is more; an oversized bucket is not searched, so a mass of identical
+    or blank images costs nothing and cannot chain everything into one group.
+
+    A pass sorts the masked keys, picks the rows whose key repeats and checks the pairs inside each bucket
+    on all 64 bits; memory stays a few arrays of ``n`` plus the pairs found.
     """
     h = np.ascontiguousarray(hashes).astype(np.int64, copy=False).view(np.uint64)
     n = len(h)
-    oversized = np.zeros(n, dtype=np.int64)
-    found: list[np.ndarray] = []
-    n_bands, band_bits = lsh_bands(max_hamming)
-    mask = np.uint64((1 << band_bits) - 1)
-    for band in range(n_bands):
-        keys = (h >> np.uint64(band * band_bits)) & mask
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        ends = np.r_[starts[1:], n]
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            size = e - s
-            if size < 2:
-                continue
-            members = order[s:e]
-            if size > max_bucket:
-                oversized[members] += 1
-                continue
-            found.append(_close_pairs(members, h[members], max_hamming))
-    if not found:
-        return np.empty((0, 2), dtype=np.int64), oversized
-    pairs = np.concatenate(found)
-    pairs = np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
-    return pairs.astype(np.int64), oversized
+    w = np.ones(n, dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
+    rows = int(w.sum())
+    heavy = np.flatnonzero(w > max_bucket)  # alone above the cap: oversized in every pass
+    oversized = np.zeros(n, dtype=np.int32)
+    plan = search_plan(max_hamming, plan_for or n)
+    found = np.empty(0, dtype=np.int64)  # pairs as i * n + j, i < j
+    pending: list[np.ndarray] = []
+    index = np.arange(n, dtype=np.uint64)
+    for mask, kept_bits in plan:
+        cap = max(max_bucket, (4 * rows) >> kept_bits)
+        members, group = _repeated_keys(h, np.uint64(mask), index)
+        size = np.bincount(group, weights=w[members])
+        big = size[group] > cap
+        oversized[np.union1d(members[big], heavy[w[heavy] > cap])] += 1
+        members, group = members[~big], group[~big]
+        pending.append(_pairs_within(members, group, h, max_hamming, n))
+        if sum(map(len, pending)) > len(found) + (1 << 20):
+            found, pending = np.unique(np.concatenate([found, *pending])), []
+    found = np.unique(np.concatenate([found, *pending]))
+    pairs = np.stack([found // max(n, 1), found % max(n, 1)], axis=1)
+    return pairs, 2 * oversized >= len(plan)
 
 
-def _close_pairs(members: np.ndarray, h: np.ndarray, max_hamming: int) -> np.ndarray:
-    """All pairs of ``members`` (as row indices, smaller first) within ``max_hamming`` bits, blockwise over
-    the upper triangle of the distance matrix (about 4M distances, 32 MB, per block)."""
-    out = [np.empty((0, 2), dtype=np.int64)]
-    block = max(1, (1 << 22) // max(1, len(members)))
-    for a in range(0, len(members), block):
-        dist = np.bitwise_count(h[a : a + block, None] ^ h[None, a:])
-        ii, jj = np.nonzero(dist <= max_hamming)
-        keep = jj > ii
-        ri, rj = members[a + ii[keep]], members[a + jj[keep]]
-        out.append(np.stack([np.minimum(ri, rj), np.maximum(ri, rj)], axis=1))
-    return np.concatenate(out)
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: Fibonacci hashing of a masked key into the high bits
+
+
+def _repeated_keys(h: np.ndarray, mask: np.uint64, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose ``h & mask`` is shared with another row, sorted by that key, and per row its bucket
+    number (0, 1, ... in that order). One ``np.sort`` of a uint64 per row: a hash of the key in the high
+    bits, the row index (``index``, 0..n-1) in the low bits. Rows whose key hashes alike are regrouped by the
+    key itself, so a collision costs a sort of the repeated rows, never a missed or merged bucket."""
+    bits = max(1, (len(h) - 1).bit_length())
+    packed = h & mask
+    packed *= _MIX
+    packed >>= np.uint64(bits)
+    packed <<= np.uint64(bits)
+    packed |= index
+    packed.sort()
+    tag = packed >> np.uint64(bits)
+    same = tag[1:] == tag[:-1]
+    in_run = np.r_[same, False] | np.r_[False, same]
+    tag = tag[in_run]
+    members = (packed[in_run] & np.uint64((1 << bits) - 1)).astype(np.int64)
+    key = h[members] & mask
+    if ((tag[1:] == tag[:-1]) & (key[1:] != key[:-1])).any():  # two keys with one hash
+        order = np.argsort(key, kind="stable")
+        members, key = members[order], key[order]
+    return members, np.cumsum(np.r_[True, key[1:] != key[:-1]][: len(key)]) - 1
+
+
+def _pairs_within(members: np.ndarray, group: np.ndarray, h: np.ndarray, max_hamming: int,
+                  n: int) -> np.ndarray:
+    """Pairs (as ``i * n + j``, ``i < j``) of ``members`` in the same ``group`` (members sorted by group)
+    within ``max_hamming`` bits: offset by offset, over the rows whose group reaches that far."""
+    if not len(members):
+        return np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    end = np.repeat(np.r_[starts[1:], len(group)], np.diff(np.r_[starts, len(group)]))
+    out = []
+    active = np.arange(len(members))
+    k = 1
+    while len(active := active[end[active] - active > k]):
+        a, b = members[active], members[active + k]
+        close = np.bitwise_count(h[a] ^ h[b]) <= max_hamming
+        a, b = a[close], b[close]
+        out.append(np.minimum(a, b) * n + np.maximum(a, b))
+        k += 1
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
 def connected_components(n: int, pairs: np.ndarray | list[tuple[int, int]]) -> np.ndarray:
-    """Component label per node 0..n-1 of the undirected graph ``pairs`` (union-find with path halving).
-    The label is the smallest node index in the component, so it does not depend on the pairs' order."""
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i, j in np.asarray(pairs, dtype=np.int64).reshape(-1, 2).tolist():
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
+    """Component label per node 0..n-1 of the undirected graph ``pairs``: the smallest node index in its
+    component, so it does not depend on the pairs' order. Vectorised hook-and-compress over the nodes that
+    have an edge: each edge hooks the larger of its two roots under the smaller, then pointers are jumped
+    to their roots, until no edge joins two roots."""
+    links = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    labels = np.arange(n, dtype=np.int64)
+    nodes, local = np.unique(links, return_inverse=True)
+    local = local.reshape(-1, 2)
+    root = np.arange(len(nodes))
+    while True:
+        ra, rb = root[local[:, 0]], root[local[:, 1]]
+        apart = ra != rb
+        if not apart.any():
+            break
+        lo, hi = np.minimum(ra[apart], rb[apart]), np.maximum(ra[apart], rb[apart])
+        np.minimum.at(root, hi, lo)
+        while not np.array_equal(jumped := root[root], root):
+            root = jumped
+    labels[nodes] = nodes[root]
+    return labels
 
 
 class Dedup(Stage):
@@ -200,6 +304,7 @@ class Dedup(Stage):
         exact: bool = True
 
     kind = "global"
+    arrow_columns = True  # decide_global takes pyarrow columns from the runner
     batch_size = 64
 
     def score(self, batch: Batch) -> Batch:
@@ -222,83 +327,188 @@ class Dedup(Stage):
         return ["sha256", "phash", "phashes"]
 
     def decide_global(self, table: Batch) -> Batch:
-        p = self.params
-        ids = [str(i) for i in table["id"]]
+        """The decision over columns given as Python lists (returned as lists) or as pyarrow arrays
+        (``arrow_columns``: returned as arrays, no Python object per row)."""
+        as_lists = isinstance(table["id"], list)
+        cols = {k: _arrow(v) for k, v in table.items()}
+        ids = cols["id"]
         n = len(ids)
-        n_bands, band_bits = lsh_bands(p.max_hamming)
-        multi = table.get("phashes") or [None] * n
-        by_count: dict[int, list[int]] = {}
-        hash_lists: list[list[int]] = []
-        for i, (h, hs) in enumerate(zip(table["phash"], multi, strict=True)):
-            hash_lists.append(hs or ([h] if h is not None else []))
-            if hash_lists[i]:
-                by_count.setdefault(len(hash_lists[i]), []).append(i)
         mass = np.zeros(n, dtype=bool)
         edges = [np.empty((0, 2), dtype=np.int64)]
-        for count, members in sorted(by_count.items()):
-            rows = np.array(members, dtype=np.int64)
-            hashes = np.array([hash_lists[i] for i in members], dtype=np.int64)
-            cap = max(p.max_bucket, 4 * len(rows) >> band_bits)
-            found, everywhere_mass = [], np.ones(len(rows), dtype=bool)
-            for k in range(count):
-                pairs, oversized = candidate_pairs(hashes[:, k], p.max_hamming, cap)
-                found.append(pairs)
-                everywhere_mass &= 2 * oversized >= n_bands
-            pairs = np.unique(np.concatenate(found), axis=0)
-            bits = hashes.view(np.uint64)  # bitwise_count of a signed int counts its absolute value
-            close = (np.bitwise_count(bits[pairs[:, 0]] ^ bits[pairs[:, 1]]) <= p.max_hamming).all(axis=1)
-            mass[rows] = everywhere_mass
-            edges.append(rows[pairs[close]])
-        sha = table["sha256"]
-        if p.exact:
-            first_of: dict[str, int] = {}
-            exact = [(first_of.setdefault(s, i), i) for i, s in enumerate(sha) if s is not None]
-            edges.append(np.array([e for e in exact if e[0] != e[1]], dtype=np.int64).reshape(-1, 2))
+        for rows, hashes in _hash_groups(cols):
+            found, rows_mass = self._near_links(hashes)
+            mass[rows] = rows_mass
+            edges.append(rows[found])
+        sha_code = _equal_first(cols["sha256"])
+        if self.params.exact:
+            copies = np.flatnonzero((sha_code >= 0) & (sha_code != np.arange(n)))
+            edges.append(np.stack([sha_code[copies], copies], axis=1))
         links = np.concatenate(edges)
         links = links[~(mass[links[:, 0]] | mass[links[:, 1]])]
-        labels = connected_components(n, links)
-
-        widths, heights = table.get("width") or [0] * n, table.get("height") or [0] * n  # no image_check: ids
-        area = [int(w or 0) * int(h or 0) for w, h in zip(widths, heights, strict=True)]
-        keep_of: dict[int, int] = {}
-        for i in sorted(range(n), key=lambda i: (-area[i], ids[i])):
-            keep_of.setdefault(int(labels[i]), i)
-
-        reasons: list[str | None] = [None] * n
-        duplicate_of: list[str | None] = [None] * n
-        for i in range(n):
-            keep = keep_of[int(labels[i])]
-            if mass[i]:
-                reasons[i] = "mass_duplicate"
-            elif keep != i:
-                duplicate_of[i] = ids[keep]
-                same_bytes = p.exact and sha[i] is not None and sha[i] == sha[keep]
-                reasons[i] = "exact_duplicate" if same_bytes else "near_duplicate"
-        out: Batch = {"drop_reason": reasons, "duplicate_of": duplicate_of}
-        captions = self._merged_captions(table, ids, labels, keep_of, mass)
+        keep = _kept_rows(n, links, cols)
+        dup = (keep != np.arange(n)) & ~mass
+        same_bytes = dup & (sha_code >= 0) & (sha_code == sha_code[keep])
+        exact = same_bytes if self.params.exact else np.zeros(n, dtype=bool)
+        reason = np.where(mass, 2, np.where(exact, 0, np.where(dup, 1, -1)))
+        out: Batch = {
+            "drop_reason": pc.take(pa.array(["exact_duplicate", "near_duplicate", "mass_duplicate"]),
+                                   pa.array(reason, mask=reason < 0)),
+            "duplicate_of": pc.take(ids, pa.array(keep, mask=~dup)),
+        }
+        captions = _merged_captions(cols, np.flatnonzero(same_bytes), keep)
         if captions is not None:
             out["captions"] = captions
-        return out
+        return {k: v.to_pylist() for k, v in out.items()} if as_lists else out
 
-    @staticmethod
-    def _merged_captions(table: Batch, ids: list[str], labels: np.ndarray, keep_of: dict[int, int],
-                         mass: np.ndarray) -> list[list[str] | None] | None:
-        """Per row: for a kept row, the distinct captions of the rows with its bytes (its own first, then by
-        id); for the others their own ``captions``. None when no row has or gains more than one caption."""
-        n = len(ids)
-        texts = table.get("text") or [None] * n
-        own = list(table.get("captions") or [None] * n)
-        sha = table["sha256"]
-        captions_of = [list(c) if c else [t] if t else [] for c, t in zip(own, texts, strict=True)]
-        merged = own[:]
-        copies: dict[int, list[int]] = {}
-        for i in range(n):
-            keep = keep_of[int(labels[i])]
-            if not mass[i] and keep != i and sha[i] is not None and sha[i] == sha[keep]:
-                copies.setdefault(keep, []).append(i)
-        for keep, others in copies.items():
-            found = list(dict.fromkeys(c for j in [keep, *sorted(others, key=ids.__getitem__)]
-                                       for c in captions_of[j]))
-            if len(found) > 1 or own[keep]:
-                merged[keep] = found
-        return merged if any(c is not None for c in merged) else None
+    def _near_links(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Links ``(i, j)`` between the rows of ``hashes`` (one row per record, one column per image) within
+        ``max_hamming`` bits at every position, and per row whether it is a mass duplicate (at every
+        position). Identical rows are collapsed first: each is linked to the first of its value and the
+        search runs over distinct values weighted by their count."""
+        p = self.params
+        one = hashes.shape[1] == 1  # 1-D unique: a fast sort, not one over row views
+        uniq, first, inverse, counts = np.unique(hashes[:, 0] if one else hashes, axis=None if one else 0,
+                                                 return_index=True, return_inverse=True, return_counts=True)
+        uniq, inverse = uniq.reshape(len(uniq), -1), inverse.reshape(-1)
+        same = np.stack([first[inverse], np.arange(len(hashes))], axis=1)
+        found, everywhere_mass = [], np.ones(len(uniq), dtype=bool)
+        for k in range(uniq.shape[1]):  # candidates from any position, verified at all
+            pairs, mass = candidate_pairs(uniq[:, k], p.max_hamming, p.max_bucket, weights=counts)
+            found.append(pairs)
+            everywhere_mass &= mass
+        pairs = np.unique(np.concatenate(found), axis=0)
+        bits = uniq.view(np.uint64)  # bitwise_count of a signed int counts its absolute value
+        close = (np.bitwise_count(bits[pairs[:, 0]] ^ bits[pairs[:, 1]]) <= p.max_hamming).all(axis=1)
+        links = np.concatenate([same[same[:, 0] != same[:, 1]], first[pairs[close]]])
+        return links, everywhere_mass[inverse]
+
+
+def _arrow(column: Any) -> pa.Array:
+    """A column as one pyarrow array (a ChunkedArray combined, a list converted)."""
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column if isinstance(column, pa.Array) else pa.array(column)
+
+
+def _hash_groups(cols: dict[str, pa.Array]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(rows, hashes)`` per number of images: the rows with that many pHashes and their (rows, count)
+    int64 array (``phashes`` where set, else ``phash``; rows without a hash are left out)."""
+    single = cols["phash"]
+    multi = cols.get("phashes")
+    if multi is None or pa.types.is_null(multi.type):
+        multi = pa.nulls(len(single), pa.list_(pa.int64()))
+    count = pc.list_value_length(multi).to_numpy(zero_copy_only=False)
+    count = np.where(pc.is_valid(multi).to_numpy(zero_copy_only=False), count, 0).astype(np.int64)
+    one = (count == 0) & pc.is_valid(single).to_numpy(zero_copy_only=False)
+    groups = []
+    if one.any():
+        rows = np.flatnonzero(one)
+        groups.append((rows, single.take(rows).to_numpy(zero_copy_only=False).astype(np.int64)[:, None]))
+    for c in np.unique(count[count > 0]).tolist():
+        rows = np.flatnonzero(count == c)
+        flat = pc.list_flatten(multi.take(rows)).to_numpy(zero_copy_only=False).astype(np.int64)
+        groups.append((rows, flat.reshape(len(rows), c)))
+    return groups
+
+
+def _equal_first(values: pa.Array) -> np.ndarray:
+    """Per row the first row with an equal value (itself if none before it), -1 for null. Values of one
+    byte length (SHA-256 hex) are compared through a 64-bit fingerprint of their bytes, checked byte for
+    byte; others, or a fingerprint shared by two values, go through Arrow's dictionary encoding."""
+    n = len(values)
+    rows = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
+    first = np.full(n, -1, dtype=np.int64)
+    data = _fixed_width_bytes(values, rows)
+    if data is not None:
+        fingerprint = np.zeros(len(rows), dtype=np.uint64)
+        for word in data.view("<u8").T:
+            fingerprint = _mix64(fingerprint ^ word)
+        _, at, inverse = np.unique(fingerprint, return_index=True, return_inverse=True)
+        rep = at[inverse]
+        other = np.flatnonzero(rep != np.arange(len(rows)))
+        if (data[other] == data[rep[other]]).all():
+            first[rows] = rows[rep]
+            return first
+    codes = pc.dictionary_encode(values.take(rows)).indices.to_numpy(zero_copy_only=False)
+    _, at, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    first[rows] = rows[at[inverse]]
+    return first
+
+
+def _fixed_width_bytes(values: pa.Array, rows: np.ndarray) -> np.ndarray | None:
+    """The bytes of the valid ``rows`` of a string array as a (rows, width) uint8 view, when every one is
+    ``width`` bytes (a multiple of 8), back to back; else None."""
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) or not len(rows):
+        return None
+    wide = pa.types.is_large_string(values.type)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64 if wide else np.int32)
+    offsets = offsets[values.offset : values.offset + len(values) + 1]
+    start, stop = offsets[rows], offsets[rows + 1]
+    width = int(stop[0] - start[0])
+    if width == 0 or width % 8 or (stop - start != width).any() or (np.diff(start) != width).any():
+        return None
+    raw = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+    return raw[start[0] : start[0] + width * len(rows)].reshape(len(rows), width)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: 64 well-mixed bits of each uint64."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _kept_rows(n: int, links: np.ndarray, cols: dict[str, pa.Array]) -> np.ndarray:
+    """Per row the row kept for its group (connected component of ``links``): the largest
+    ``width * height``, then the smallest id. Only rows with a link are sorted."""
+    labels = connected_components(n, links)
+    keep = np.arange(n)
+    linked = np.unique(links)
+    if not len(linked):
+        return keep
+    area = np.zeros(len(linked), dtype=np.int64)
+    if "width" in cols and "height" in cols:  # no image_check: ids only
+        sizes = [pc.fill_null(cols[k].take(linked), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+                 for k in ("width", "height")]
+        area = sizes[0] * sizes[1]
+    order = pc.sort_indices(pa.table({"area": -area, "id": cols["id"].take(linked)}),
+                            sort_keys=[("area", "ascending"), ("id", "ascending")]).to_numpy()
+    by_rank = labels[linked[order]]
+    group, first = np.unique(by_rank, return_index=True)
+    keeper = np.full(n, -1, dtype=np.int64)
+    keeper[group] = linked[order[first]]
+    keep[linked] = keeper[labels[linked]]
+    return keep
+
+
+def _merged_captions(cols: dict[str, pa.Array], copies: np.ndarray, keep: np.ndarray) -> pa.Array | None:
+    """Per row: for a kept row with exact copies (``copies``, the rows with its bytes), the distinct captions
+    of it and its copies (its own first, then by id); for the others their own ``captions``. None when no
+    row has or gains more than one caption. Python objects only for the rows with copies."""
+    n = len(keep)
+    own = cols.get("captions")
+    if own is not None and pa.types.is_null(own.type):
+        own = None
+    texts = cols.get("text")
+    involved = np.unique(np.concatenate([copies, keep[copies]]))
+    if (own is None or own.null_count == n) and (texts is None or not len(involved)):
+        return None
+    take = [c.take(involved).to_pylist() if c is not None else [None] * len(involved) for c in (own, texts)]
+    at = {int(r): k for k, r in enumerate(involved)}
+    captions_of = {int(r): list(c) if c else [t] if t else [] for r, c, t in zip(involved, *take, strict=True)}
+    ids = cols["id"].take(involved).to_pylist()
+    others: dict[int, list[int]] = {}
+    for i in copies.tolist():
+        others.setdefault(int(keep[i]), []).append(i)
+    changed: dict[int, list[str]] = {}
+    for k, rows in others.items():
+        rows.sort(key=lambda r: ids[at[r]])
+        found = list(dict.fromkeys(c for r in [k, *rows] for c in captions_of[r]))
+        if len(found) > 1 or take[0][at[k]]:
+            changed[k] = found
+    if not changed and (own is None or own.null_count == n):
+        return None
+    merged = own.to_pylist() if own is not None else [None] * n
+    for k, found in changed.items():
+        merged[k] = found
+    return pa.array(merged, type=pa.list_(pa.string()))

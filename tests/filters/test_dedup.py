@@ -9,16 +9,18 @@ import random
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from filters.dedup import (
     Dedup,
+    _equal_first,
     candidate_pairs,
     connected_components,
     hamming,
-    lsh_bands,
     phash64,
+    search_plan,
     to_int64,
 )
 from tests.media import DEMO_IMAGES, near_copies
@@ -181,36 +183,64 @@ def test_phash_of_bytes_and_image_agree_and_column_is_int64():
     assert rgba.mode == "RGBA" and phash64(rgba) != 0
 
 
-def test_lsh_bands():
-    assert lsh_bands(7) == (8, 8)
-    assert lsh_bands(8) == (9, 7)
-    assert lsh_bands(0) == (1, 64)
-    assert lsh_bands(15) == (16, 4)
+def test_search_plan_small_inputs_get_lsh_bands_and_bad_radius_is_refused():
+    assert [k for _, k in search_plan(8, 100)] == [8] * 1 + [7] * 8  # 9 bands over 64 bits
+    assert search_plan(0, 10**6) == ((2**64 - 1, 64),)
     with pytest.raises(ValueError, match="max_hamming"):
-        lsh_bands(32)
+        search_plan(32, 100)
 
 
-@pytest.mark.parametrize("max_hamming", [0, 3, 7, 8, 12])
-def test_candidate_pairs_find_every_close_pair(max_hamming):
+@pytest.mark.parametrize("max_hamming", [3, 7, 8])
+@pytest.mark.parametrize("rows", [100, 10**5, 10**6, 10**7])
+def test_every_plan_covers_every_difference_within_max_hamming(max_hamming, rows):
+    """The pigeonhole guarantee of each plan: for any set of at most max_hamming differing bits some pass
+    keeps none of them. Random sets, sets in one run of bits and sets spread evenly over the 64 bits."""
+    masks = np.array([m for m, _ in search_plan(max_hamming, rows)], dtype=np.uint64)
+    rng = np.random.default_rng(rows + max_hamming)
+    sets = [rng.choice(64, size=rng.integers(0, max_hamming + 1), replace=False) for _ in range(4000)]
+    sets += [np.arange(s, s + max_hamming) % 64 for s in range(64)]
+    sets += [(np.arange(max_hamming) * 64 // max(1, max_hamming) + s) % 64 for s in range(64)]
+    diffs = np.array([sum(1 << int(b) for b in s) for s in sets], dtype=np.uint64)
+    assert ((diffs[:, None] & masks[None, :]) == 0).any(axis=1).all()
+
+
+def test_search_cost_grows_about_linearly_with_rows():
+    """On random hashes a pass keeping k bits pairs about n**2 / 2**(k + 1) rows. The work per row (passes
+    plus candidate pairs) stays under 600 at 1 M and 10 M rows; LSH bands of 7 bits (the old search) check
+    9 * n / 256 candidates a row: 35,000 at 1 M rows, 350,000 at 10 M."""
+    for rows in (10**6, 10**7):
+        plan = search_plan(8, rows)
+        candidates = sum(rows**2 / 2 ** (k + 1) for _, k in plan)
+        assert len(plan) + candidates / rows < 600
+
+
+@pytest.mark.parametrize(("max_hamming", "plan_for"),
+                         [(d, None) for d in (0, 3, 7, 8, 12)] + [(d, 10**7) for d in (0, 3, 7, 8)])
+def test_candidate_pairs_find_every_close_pair(max_hamming, plan_for):
+    """Against brute force, on random hashes with pairs planted at every distance 0..max_hamming + 2, with
+    the plan for this input and with the plan for 10 M rows (long keys over many passes)."""
     rng = np.random.default_rng(max_hamming)
     h = rng.integers(-(1 << 63), (1 << 63) - 1, size=2000, dtype=np.int64)
     u = h.view(np.uint64)
-    for k in range(40):  # planted pairs at every distance up to max_hamming + 2
+    for k in range(60):  # planted pairs at every distance up to max_hamming + 2
         flips = rng.choice(64, size=k % (max_hamming + 3), replace=False)
         u[2 * k + 1] = u[2 * k] ^ np.uint64(sum(1 << int(f) for f in flips))
-    pairs, oversized = candidate_pairs(h, max_hamming, max_bucket=10**6)
+    u[200:203] = u[204]  # identical hashes: every pair among them
+    pairs, mass = candidate_pairs(h, max_hamming, max_bucket=10**6, plan_for=plan_for)
     dist = np.bitwise_count(u[:, None] ^ u[None, :])
     brute = np.argwhere(np.triu(dist <= max_hamming, 1))
     assert pairs.tolist() == brute.tolist()
-    assert not oversized.any()
+    assert not mass.any()
 
 
 def test_oversized_buckets_are_not_searched():
     h = np.zeros(10, dtype=np.int64)
-    pairs, oversized = candidate_pairs(h, 7, max_bucket=9)
-    assert len(pairs) == 0 and oversized.tolist() == [8] * 10
-    pairs, oversized = candidate_pairs(h, 7, max_bucket=10)
-    assert len(pairs) == 45 and not oversized.any()
+    pairs, mass = candidate_pairs(h, 7, max_bucket=9)
+    assert len(pairs) == 0 and mass.all()
+    pairs, mass = candidate_pairs(h, 7, max_bucket=10)
+    assert len(pairs) == 45 and not mass.any()
+    pairs, mass = candidate_pairs(h[:1], 7, max_bucket=9, weights=np.array([10]))  # one value, ten rows
+    assert len(pairs) == 0 and mass.all()
 
 
 def test_connected_components_label_by_smallest_member():
@@ -311,3 +341,28 @@ def test_kept_row_carries_the_distinct_captions_of_its_exact_copies():
     assert out["captions"][1] == ["a rocket on its launchpad", "a white rocket"]  # dropped rows keep their own
     assert out["captions"][4] is None  # one distinct caption: nothing to add
     assert set(out) == {"drop_reason", "duplicate_of", "captions"}
+
+
+def test_arrow_columns_give_the_decision_of_python_lists(scored):
+    """The runner passes pyarrow ChunkedArrays to a stage with ``arrow_columns``: same decision, as arrays."""
+    assert Dedup.arrow_columns
+    rows = scored + [{**scored[0], "id": make_id("copy")}]
+    table = {k: [r[k] for r in rows] for k in ("id", "width", "height", "sha256", "phash")}
+    table["text"] = [f"caption {i % 3}" for i in range(len(rows))]
+    stage = Dedup()
+    expected = stage.decide_global(table)
+    chunked = {k: pa.chunked_array([pa.array(v[:7]), pa.array(v[7:])]) for k, v in table.items()}
+    got = stage.decide_global(chunked)
+    assert set(got) == set(expected) == {"drop_reason", "duplicate_of", "captions"}
+    assert {k: v.to_pylist() for k, v in got.items()} == expected
+    assert expected["drop_reason"].count("exact_duplicate") >= 1
+
+
+def test_equal_values_point_at_their_first_row_whatever_the_width():
+    """Exact duplicates by SHA-256 without a Python dict: fixed-width values through a checked fingerprint,
+    others (any length, sliced arrays) through Arrow's dictionary encoding; nulls are -1."""
+    fixed = pa.array(["a" * 64, None, "b" * 64, "a" * 64, "b" * 64, "c" * 64])
+    assert _equal_first(fixed).tolist() == [0, -1, 2, 0, 2, 5]
+    assert _equal_first(fixed.slice(2)).tolist() == [0, 1, 0, 3]
+    ragged = pa.array(["a", None, "bb", "a", "bb", ""])
+    assert _equal_first(ragged).tolist() == [0, -1, 2, 0, 2, 5]
