@@ -47,7 +47,7 @@ vllm-check:
 	$(VLLM_VENV)/bin/pip install --quiet 'vllm==0.33.0' pillow
 	PYTHONPATH=. $(VLLM_VENV)/bin/python tests/gpu/vllm_check.py
 
-# Not part of `make test` (nor .ci/run): LLaMA-Factory 0.9.5 and ms-swift 4.6 installed together in their own
+# Not part of `make test` (.ci/run runs it after the tests): LLaMA-Factory 0.9.5 and ms-swift 4.6 installed together in their own
 # environment on the pinned torch; small jobs on the shared dev data are exported, each export is loaded through
 # the trainer's own dataset loading + template encoding + collator and compared with the shards (input_ids,
 # labels, grids, M-RoPE positions); prints a table per trainer and kind. Needs network access to PyPI once.

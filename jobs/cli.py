@@ -10,6 +10,13 @@ import sys
 import tempfile
 from typing import Any
 
+# A job whose input plans at most this many records runs on local worker processes instead of a local Ray
+# (`--executor auto`): Ray's start (10-15 s on 2 cores) would cost more than such a job. Larger jobs, and
+# every job on a cluster (RAY_ADDRESS), run on Ray: its object store, retries and many nodes pay off there.
+LOCAL_MAX_ROWS = 10_000
+EXECUTOR_HELP = ("where the job runs: auto (default) = local worker processes, no Ray, for an input of at most "
+                 f"{LOCAL_MAX_ROWS:,} records (from the plan) without RAY_ADDRESS, else Ray; local; ray")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlcurate", description="Curate vision-language training data on Ray.")
@@ -23,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="override any recipe key, e.g. --set stages.image_check.min_side_px=64")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    run.add_argument("--executor", choices=("auto", "local", "ray"), default="auto", help=EXECUTOR_HELP)
     run.add_argument("--overwrite", action="store_true", help="delete OUT's earlier job first, only what a job "
                      "wrote (default: resume a job of the same recipe and input, refuse another)")
     run.add_argument("--keep-work", action="store_true", help="keep all of OUT/_work after success (default: "
@@ -52,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     regen.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override recipe keys, e.g. --set stages.clip_score.keep_top_fraction=0.2")
     regen.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    regen.add_argument("--executor", choices=("auto", "local", "ray"), default="auto", help=EXECUTOR_HELP)
     regen.add_argument("--overwrite", action="store_true", help="delete NEW_OUT's earlier job first")
     regen.add_argument("--keep-work", action="store_true", help="keep all of NEW_OUT/_work after success")
 
@@ -214,8 +223,17 @@ def _run_on_ray(recipe: Any, out: str, args: argparse.Namespace, **job: Any) -> 
     """Start (or join) Ray, run the job, stop a Ray we started. Ray's native messages go to a file, named
     when the job fails for another reason than a recipe problem or Ctrl-C."""
     from pipeline.ray_env import RayEnvError, native_stderr_to, start_ray
+    from pipeline.raymap import local_executor
     from pipeline.recipe import RecipeError
 
+    workers = args.num_cpus or os.cpu_count() or 1
+    if _runs_locally(args.executor, recipe, job["parts"]):
+        print(f"[vlcurate] small input: running on {workers} local worker process(es), without Ray "
+              "(--executor ray to use Ray)", flush=True)
+        from pipeline.runner import run_job
+
+        with local_executor(workers):
+            return run_job(recipe, out, log=lambda m: print(m, flush=True), keep_work=args.keep_work, **job)
     messages = os.path.join(tempfile.gettempdir(), f"vlcurate-ray-{os.getpid()}.log")
     started = False
     try:
@@ -238,6 +256,18 @@ def _run_on_ray(recipe: Any, out: str, args: argparse.Namespace, **job: Any) -> 
     if os.path.exists(messages):
         os.remove(messages)
     return result
+
+
+def _runs_locally(executor: str, recipe: Any, parts: list[Any]) -> bool:
+    """`--executor auto`: local processes for a small input when no cluster is named and this process has
+    not initialised Ray itself (see LOCAL_MAX_ROWS)."""
+    if executor != "auto":
+        return executor == "local"
+    ray = sys.modules.get("ray")
+    if os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):  # a cluster, or a Ray in use
+        return False
+    rows = sum(p.stop - p.start if p.stop is not None else recipe.input.partition_rows for p in parts)
+    return rows <= LOCAL_MAX_ROWS
 
 
 if __name__ == "__main__":

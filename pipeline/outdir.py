@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.schema import HEAVY_COLUMNS
 from pipeline.spec import RecipeError
 from pipeline.storage import WORK, Store
@@ -21,7 +24,7 @@ COMPLETE = "complete.json"
 JOB_ENTRIES = ("shards", "packs", "exports", "manifest.parquet", "rejects.parquet", "packs.parquet",
                "candidates.parquet", "dpo", "stats.json", "job.json", "report.html", WORK)
 # the parts of `_work/` only a resume of an unfinished job reads (image bytes on their way to the shards)
-RESUME_ONLY = ("buckets", "packbuckets", "keep")
+RESUME_ONLY = ("packbuckets",)
 
 
 def is_job_folder(store: Store) -> bool:
@@ -65,8 +68,9 @@ def finish(store: Store, steps: list[str], keep_work: bool, stats: dict[str, Any
             for name in store.list(WORK, step):
                 if name.endswith(".parquet"):
                     table = store.read_parquet(WORK, step, name)
-                    light = table.drop_columns([c for c in HEAVY_COLUMNS if c in table.column_names])
-                    store.write_parquet(light, WORK, step, name)
+                    heavy = [c for c in HEAVY_COLUMNS if c in table.column_names]
+                    if any(_holds_values(table[c]) for c in heavy):
+                        store.write_parquet(table.drop_columns(heavy), WORK, step, name)
         for name in RESUME_ONLY:
             store.delete_dir(WORK, name)
     stats = {**stats, "work": {"bytes_at_end_of_job": before, "bytes_kept": store.size(WORK),
@@ -75,3 +79,12 @@ def finish(store: Store, steps: list[str], keep_work: bool, stats: dict[str, Any
                        "written_over_media_read": round(written / media, 3) if media else None}}
     store.write_bytes(json.dumps(stats, indent=2).encode(), "stats.json")
     return stats
+
+
+def _holds_values(column: pa.ChunkedArray) -> bool:
+    """Whether a column holds anything (a column of nulls or of empty lists costs nothing to keep)."""
+    if column.null_count == len(column):
+        return False
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        return bool(pc.sum(pc.list_value_length(column)).as_py() or 0)
+    return True

@@ -19,16 +19,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from filters.base import Stage
-from pipeline import candidates, outdir, readers, thumbs, writers
+from pipeline import candidates, media, outdir, readers, thumbs, writers
 from pipeline.progress import Progress, step_rows
 from pipeline.raymap import ray_map
 from pipeline.recipe import Recipe, check_stages, parse_recipe
 from pipeline.schema import (
     HEAVY_COLUMNS,
     JSON_COLUMNS,
-    bucket_of,
     make_id,
     rows_to_table,
     table_to_rows,
@@ -38,7 +38,7 @@ from pipeline.storage import WORK, Store
 
 @dataclass
 class Op:
-    kind: str  # read | map | score | apply | expand | scatter
+    kind: str  # read | map | score | apply | expand | write
     key: str
     stage_index: int = -1
 
@@ -84,15 +84,9 @@ def plan_steps(recipe: Recipe) -> list[Step]:
             ops = [Op("apply", spec.key, i)]
         else:
             ops.append(Op(cls.kind, spec.key, i))
-    trailing = [o.key for o in ops]
-    if steps and ops and all(o.kind == "apply" for o in ops) and "pack" not in trailing:
-        # the last decisions change no bytes: scatter the rows before them (with their images) and apply them
-        # in a light last step; the shard writers keep only the rows that step kept
-        steps[-1].ops.append(Op("scatter", "scatter"))
-        flush()
-    else:
-        ops.append(Op("scatter", "scatter"))
-        flush()
+    # the last step writes each partition's kept rows into its shard(s), after the last decisions
+    ops.append(Op("write", "write"))
+    flush()
     return steps
 
 
@@ -269,13 +263,18 @@ class StepWorker:
         stats: dict[str, Any] = {}
         t0 = time.perf_counter()
         rows: list[dict[str, Any]] = []
+        reader = readers.reader_for(self.recipe.input)
+        roots: media.Roots = {}
         if self.prev is not None:
             rows = table_to_rows(self.store.read_parquet(WORK, self.prev, f"{part.name}.parquet"))
+            roots = media.restore(rows, lambda: reader.read(self.recipe.input, part), part.name)
         n_in = len(rows)  # the rows this partition brought to the step (its progress)
         for op in self.step.ops:
             t = time.perf_counter()
             if op.kind == "read":
-                rows = readers.reader_for(self.recipe.input).read(self.recipe.input, part)
+                rows = reader.read(self.recipe.input, part)
+                if media.rereadable(reader):
+                    roots = media.mark_roots(rows)
                 n_in = len(rows)
                 dropped = Counter(r["drop_reason"] for r in rows if r.get("drop_stage") is not None)
                 stat = {"in": len(rows), "kept": len(rows) - sum(dropped.values()),
@@ -289,45 +288,40 @@ class StepWorker:
                 rows, stat = apply_expand(self.stages[op.key], rows)
             elif op.kind == "apply":
                 stat = apply_decisions(op.key, rows, self._decisions(op.key))
-            elif op.kind == "scatter":
-                stat = self.scatter(part, rows)
+            elif op.kind == "write":
+                stat = self.write(part, rows)
             else:
                 raise ValueError(f"unknown op {op.kind}")
             stat["seconds"] = round(time.perf_counter() - t, 4)
             if op.kind == "score":  # counted when the decision is applied, in the next step
                 stat = {k: stat[k] for k in ("seconds", "scores_reused") if k in stat}
             stats[op.key] = stat
-        thumbs.save(self.store, self.step.name, part.name, rows, self.recipe.model.output.buckets)
-        if self.step.ops[-1].kind == "scatter" or self.last:
-            # after the scatter, and after the last step, nothing reads image bytes or tokens from here
+        thumbs.save(self.store, self.step.name, part.name, rows)
+        if self.last:  # the shards hold the bytes and tokens now: nothing reads them from here
             rows = [{k: v for k, v in r.items() if k not in HEAVY_COLUMNS} for r in rows]
+        else:
+            media.to_refs(rows, roots)
         self.store.write_parquet(rows_to_table(rows), WORK, self.step.name, f"{part.name}.parquet", work=True)
         marker = {"partition": part.name, "rows": len(rows), "seconds": round(time.perf_counter() - t0, 4),
                   "stages": stats}
         self.store.write_bytes(json.dumps(marker).encode(), WORK, self.step.name, f"{part.name}.done")
         return n_in
 
-    def scatter(self, part: readers.Partition, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """Kept rows, split by id-hash bucket, for the shard writers."""
-        buckets = self.recipe.model.output.buckets
-        by_bucket: dict[int, list[dict[str, Any]]] = {}
-        for r in rows:
-            if r.get("drop_stage") is None:
-                by_bucket.setdefault(bucket_of(r["id"], buckets), []).append(r)
-        for b, members in sorted(by_bucket.items()):
-            self.store.write_parquet(rows_to_table(members), WORK, "buckets", f"{b:05d}", f"{part.name}.parquet",
-                                     work=True)
+    def write(self, part: readers.Partition, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The partition's kept rows into its shard(s), sorted by id; pack members to the pack writers."""
+        kept = [r for r in rows if r.get("drop_stage") is None]
+        names = writers.write_partition_shards(self.store, part.name, kept, self.recipe.model.output.shard_bytes)
         by_pack: dict[int, list[dict[str, Any]]] = {}
-        for r in rows:
-            if r.get("drop_stage") is None and r.get("pack_shard") is not None:
+        for r in kept:
+            if r.get("pack_shard") is not None:
                 by_pack.setdefault(int(r["pack_shard"]), []).append(r)
         for k, members in sorted(by_pack.items()):
             cols = ("id", "pack_id", "pack_pos", "input_ids", "labels", "images", "meta")
             table = rows_to_table([{c: m.get(c) for c in cols} for m in members]).select(list(cols))
             self.store.write_parquet(table, WORK, "packbuckets", f"{k:05d}", f"{part.name}.parquet",
                                      work=True)
-        kept = sum(len(v) for v in by_bucket.values())
-        return {"in": kept, "kept": kept, "dropped": {}}
+        return {"in": len(kept), "kept": len(kept), "dropped": {}, "shards": len(names),
+                "bytes": sum(len(b) for r in kept for b in r.get("images") or [])}
 
 
 class ReusedScores:
@@ -462,6 +456,7 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
     stats: dict[str, dict[str, Any]] = {"read": {}}
     for spec_ in recipe.stages:
         stats[spec_.key] = {}
+    stats["write"] = {}
     skipped = 0
     prev: str | None = None
     for step in steps:
@@ -512,12 +507,12 @@ def decide_global(recipe: Recipe, index: int, store: Store, step: str) -> int:
     stage = spec.build()
     table = store.read_folder(WORK, step, exclude=(*HEAVY_COLUMNS, *JSON_COLUMNS))
     if "drop_stage" in table.schema.names:
-        import pyarrow.compute as pc
-
         table = table.filter(pc.is_null(table["drop_stage"]))
-    cols = table.to_pydict()
+    # a stage that reads Arrow columns itself (dedup over millions of rows) gets them without Python objects
+    arrow = getattr(stage, "arrow_columns", False)
+    cols = {n: table[n] for n in table.column_names} if arrow else table.to_pydict()
     decision = stage.decide_global(cols) if len(table) else {"drop_reason": []}
-    out = {"id": cols.get("id", []), **decision}
+    out = {"id": table["id"] if len(table) else [], **decision}
     store.write_parquet(pa.table(out) if len(table) else rows_to_table([]).select(["id", "drop_reason"]),
                         WORK, "decisions", f"{spec.key}.parquet")
     return len(table)

@@ -27,7 +27,10 @@ BASE_COLUMNS = tuple(BASE_SCHEMA.names)
 JSON_COLUMNS = ("meta", "annotations", "messages")
 BINARY_COLUMNS = ("images", "video")
 TOKEN_COLUMNS = ("input_ids", "labels")
-HEAVY_COLUMNS = (*BINARY_COLUMNS, *TOKEN_COLUMNS)
+# where a row's image bytes are in the input, when the work files leave them out (pipeline/media.py)
+MEDIA_COLUMNS = ("_media_root", "_image_refs")
+# what only the steps of a running job read: never part of a decision, stripped from _work after the job
+HEAVY_COLUMNS = (*BINARY_COLUMNS, *TOKEN_COLUMNS, *MEDIA_COLUMNS)
 NOT_SCORES = frozenset(BASE_COLUMNS) | {"video", *TOKEN_COLUMNS}
 
 

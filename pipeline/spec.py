@@ -64,7 +64,7 @@ class PackSpec(Section):
 
 
 class OutputSpec(Section):
-    buckets: PositiveInt = 16
+    # shards are written per input partition (pipeline/writers.py); shard_bytes splits a partition's shard
     shard_bytes: ByteSize | None = None
     exports: list[Literal["llamafactory", "swift", "qwen", "hf"]] = Field(default_factory=list)
     report: bool = True  # write OUT/report.html when the job ends (jobs/report.py)

@@ -5,9 +5,9 @@ per stage and reason the ``PER_REASON`` rows with the smallest ``rank`` (a hash 
 decodes, as JPEGs of at most ``PX`` px. ``stash`` is called where a row is dropped (before its bytes are
 cleared); ``save`` at the end of each step's partition writes that partition's candidates to
 ``_work/thumbs/STEP.PART.parquet`` (stage, reason, id, rank, thumb), at most ``PER_REASON`` per reason, so the
-smallest ranks of the whole job are among them whatever the partitioning; ``load`` picks them. A row dropped
-after the scatter (the trailing decision step holds no bytes) has its image read back from the scattered
-bucket of its partition. `_work/thumbs` survives the cleanup of `_work` at the end of a job.
+smallest ranks of the whole job are among them whatever the partitioning; ``load`` picks them. Every step
+holds its kept rows' bytes (pipeline/media.py puts them back from the input), so a row has its image when it
+is dropped. `_work/thumbs` survives the cleanup of `_work` at the end of a job.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 import pyarrow as pa
 
 from formatters.draw import thumbnail
-from pipeline.schema import bucket_of
 from pipeline.storage import WORK, Store
 
 PER_REASON = 16
@@ -35,21 +34,11 @@ def rank(row_id: str) -> str:
 
 
 def stash(row: dict[str, Any]) -> None:
-    """Keep a row's image bytes aside as it is dropped (called before the runner clears them). A row without
-    bytes in this step (after the scatter they are stripped) is looked up in its partition's scattered bucket."""
-    row[SRC] = row.get("images") or None  # none here: after the scatter the bytes were stripped (or it has none)
+    """Keep a row's image bytes aside as it is dropped (called before the runner clears them)."""
+    row[SRC] = row.get("images") or None
 
 
-def _bucket_images(store: Store, part: str, bucket: int, cache: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    if bucket not in cache:
-        path = (WORK, "buckets", f"{bucket:05d}", f"{part}.parquet")
-        table = store.read_parquet(*path, columns=["id", "images"]) if store.exists(*path) else None
-        cache[bucket] = {} if table is None else dict(zip(table["id"].to_pylist(), table["images"].to_pylist(),
-                                                          strict=True))
-    return cache[bucket]
-
-
-def save(store: Store, step: str, part: str, rows: list[dict[str, Any]], buckets: int) -> None:
+def save(store: Store, step: str, part: str, rows: list[dict[str, Any]]) -> None:
     """Choose and write this partition's thumbnails of the rows dropped in this step; the stashed bytes are
     removed from every row."""
     candidates: dict[tuple[str, str], list[tuple[str, str, Any]]] = {}
@@ -59,12 +48,9 @@ def save(store: Store, step: str, part: str, rows: list[dict[str, Any]], buckets
             key = (str(row.get("drop_stage")), str(row.get("drop_reason")))
             candidates.setdefault(key, []).append((rank(row["id"]), row["id"], images))
     out: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
-    cache: dict[int, dict[str, Any]] = {}
     for (stage, reason), items in sorted(candidates.items()):
         n = 0
         for r, row_id, images in sorted(items):
-            if images is None:
-                images = _bucket_images(store, part, bucket_of(row_id, buckets), cache).get(row_id)
             thumb = thumbnail(images[0], PX) if images else None
             if thumb is None:
                 continue

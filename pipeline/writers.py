@@ -1,7 +1,9 @@
-"""Writers: webdataset shards by id-hash bucket, manifest, rejects, stats and job description.
+"""Writers: webdataset shards, manifest, rejects, packs, stats and job description.
 
-Every file is written to a temporary name then renamed (`Store.write_bytes`), shards are sorted by id
-with fixed tar metadata, so the same input and recipe give byte-identical shards without a global sort.
+The last step of a job writes each partition's kept rows into that partition's shard(s) (the image bytes go
+from the input to the shard once: pipeline/media.py); the driver then writes the manifest and rejects from
+the step files' ids and scores. Every file is written to a temporary name then renamed, shards are sorted by
+id with fixed tar metadata, so the same input and recipe give byte-identical shards.
 """
 
 from __future__ import annotations
@@ -27,15 +29,14 @@ from pipeline.readers import Partition
 from pipeline.schema import (
     HEAVY_COLUMNS,
     JSON_COLUMNS,
+    NOT_SCORES,
     TOKEN_COLUMNS,
-    bucket_of,
-    concat,
     score_columns,
     table_to_rows,
 )
 from pipeline.spec import Recipe
 from pipeline.storage import WORK, Store, is_remote
-from pipeline.tar import image_extension, tar_bytes, write_tar
+from pipeline.tar import image_extension, iter_entries, tar_bytes, write_tar
 
 PACKAGES = ("vlcurate", "ray", "pyarrow", "pillow", "webdataset", "transformers", "torch", "open_clip_torch")
 
@@ -85,38 +86,44 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_bucket_task(batch: dict[str, Any], out: str, shard_bytes: int | None) -> dict[str, list[Any]]:
-    """Ray task: gather one bucket's kept rows from every partition, sort by id, write its shard(s)."""
-    store = Store(out)
-    done = []
-    for bucket in batch["bucket"]:
-        b = f"{int(bucket):05d}"
-        table = store.read_folder(WORK, "buckets", b)
-        rows = sorted(table.to_pylist(), key=lambda r: r["id"])  # sort rows, not the table: no byte copies
-        # keep what the last step kept, with its final columns (decisions taken after the scatter)
-        final = store.read_parquet(WORK, "keep", f"{b}.parquet")
-        kept = {r["id"]: r for r in final.to_pylist()}
-        rows = [{**r, **kept[r["id"]]} for r in rows if r["id"] in kept]
-        table = concat([table.slice(0, 0), final.slice(0, 0)])
-        scores = score_columns(table.schema)
-        pieces: list[list[dict[str, Any]]] = [[]]
-        size = 0
-        for row in rows:
-            n = sum(len(d) for d in row.get("images") or []) + 1024
-            if shard_bytes and pieces[-1] and size + n > shard_bytes:
-                pieces.append([])
-                size = 0
-            pieces[-1].append(row)
-            size += n
-        index = []
-        for k, piece in enumerate(pieces):
-            name = f"shard-{b}.tar" if k == 0 else f"shard-{b}_{k}.tar"
-            with store.open_atomic("shards", name) as f:
-                write_tar(f, shard_samples(piece, scores))
-            index.extend([r["id"], name] for r in piece)
-        store.write_bytes(json.dumps(index).encode(), WORK, "shards", f"{b}.json")
-        done.append(int(bucket))
-    return {"bucket": done}
+def write_partition_shards(store: Store, part: str, rows: list[dict[str, Any]],
+                           shard_bytes: int | None) -> list[str]:
+    """One partition's kept rows, sorted by id, as `shards/shard-PART.tar` (then `shard-PART_1.tar` ... when
+    `shard_bytes` is set and reached); `_work/shards/PART.json` lists [id, shard name] for the manifest."""
+    rows = sorted(rows, key=lambda r: r["id"])
+    scores = sorted({k for r in rows for k in r if k not in NOT_SCORES and not k.startswith("_")})
+    pieces: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for row in rows:
+        n = sum(len(d) for d in row.get("images") or []) + 1024
+        if shard_bytes and pieces[-1] and size + n > shard_bytes:
+            pieces.append([])
+            size = 0
+        pieces[-1].append(row)
+        size += n
+    index, names = [], []
+    for k, piece in enumerate(pieces):
+        if not piece:
+            continue
+        name = f"shard-{part}.tar" if k == 0 else f"shard-{part}_{k}.tar"
+        with store.open_atomic("shards", name) as f:
+            write_tar(f, shard_samples(piece, scores))
+        index.extend([r["id"], name] for r in piece)
+        names.append(name)
+    store.write_bytes(json.dumps(index).encode(), WORK, "shards", f"{part}.json")
+    return names
+
+
+def remove_from_shards(store: Store, names: list[str], ids: set[str]) -> None:
+    """Rewrite shards without the samples of `ids` (rows rejected after their shard was written: an id that
+    another partition also holds). Rare, so plain: read the tar, write it again without them."""
+    for name in names:
+        samples: dict[str, dict[str, bytes]] = {}
+        for key, suffix, data in iter_entries(store.read_bytes("shards", name)):
+            if key not in ids:
+                samples.setdefault(key, {})[suffix] = data
+        with store.open_atomic("shards", name) as f:
+            write_tar(f, samples.items())
 
 
 def write_pack_shard_task(batch: dict[str, Any], out: str, token_ids: dict[str, int],
@@ -224,30 +231,16 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: 
                   stats: dict[str, Any], log: Any = print, score_steps: dict[str, str] | None = None) -> None:
     """Shards, manifest, rejects, packs, job.json, exports. `score_steps` (stage key -> the step whose work
     files hold that stage's scores under the ids it scored) goes into job.json for regen-sft."""
-    buckets = sorted(int(b) for b in store.list(WORK, "buckets"))
-    table = reject_duplicate_ids(_final_tables(store, step))
+    table = _final_tables(store, step)
+    index = [entry for p in parts for entry in json.loads(store.read_bytes(WORK, "shards", f"{p.name}.json"))]
+    shard_of = dict(index)
+    table = reject_duplicate_ids(table)
     kept_mask = pc.is_null(table["drop_stage"])
-    done = {n.removesuffix(".json") for n in store.list(WORK, "shards")}
-    todo = [b for b in buckets if f"{b:05d}" not in done]
-    if todo:  # what the shard writers keep: the rows the last step kept (after any trailing decision)
-        kept_all = table.filter(kept_mask)
-        of_bucket = np.array([bucket_of(i, recipe.model.output.buckets) for i in kept_all["id"].to_pylist()])
-        for b in list(todo):
-            keep = kept_all.filter(pa.array(of_bucket == b, pa.bool_()))
-            if keep.num_rows == 0:  # every row of this bucket was dropped after the scatter: no shard
-                store.write_bytes(b"[]", WORK, "shards", f"{b:05d}.json")
-                todo.remove(b)
-                continue
-            store.write_parquet(keep, WORK, "keep", f"{b:05d}.parquet", work=True)
-    if todo:
-        log(f"[vlcurate] writing {len(todo)} shard bucket(s)")
-        shard_bytes = recipe.model.output.shard_bytes
-        ray_map([{"bucket": b} for b in todo], write_bucket_task, out=store.uri,
-                 shard_bytes=int(shard_bytes) if shard_bytes else None)
-    shard_of: dict[str, str] = {}
-    for b in buckets:
-        for row_id, name in json.loads(store.read_bytes(WORK, "shards", f"{b:05d}.json")):
-            shard_of[row_id] = name
+    shared = set(pc.filter(table["id"], pc.invert(kept_mask)).to_pylist()) & set(shard_of)
+    if shared:  # an id that several records share: already in their shards, now rejected
+        remove_from_shards(store, sorted({name for i, name in index if i in shared}), shared)
+        for i in shared:
+            del shard_of[i]
     kept = table.filter(kept_mask).sort_by("id")
     rejected = table.filter(pc.invert(kept_mask)).sort_by("id")
     scores = score_columns(table.schema)
@@ -274,7 +267,7 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: 
     # schema, e.g. a caption column, that a format-specific reader would otherwise choose itself)
     job = {"recipe": recipe.resolved(), "recipe_as_given": recipe.raw, "versions": versions(), "input": inputs,
            "input_path": input_location(recipe.input.path), "partitions": len(parts),
-           "buckets": recipe.model.output.buckets, "final_step": step, "score_steps": score_steps or {}}
+           "final_step": step, "score_steps": score_steps or {}}
     # not sort_keys: the stages mapping is the run order, and regen-sft reads it back
     store.write_bytes(json.dumps(job, indent=2).encode(), "job.json")
     if recipe.model.output.exports:

@@ -79,3 +79,17 @@ def test_make_failure_still_fails_ci(ci):
     stub(bin_, "chromium", "true")
     proc, _ = run()
     assert proc.returncode == 2
+
+
+def test_trainer_conformance_runs_after_make_test_where_the_shared_data_is(ci, tmp_path):
+    bin_, log, run = ci
+    stub(bin_, "chromium", "true")
+    proc, calls = run()  # a checkout without ../shared: said, not run
+    assert proc.returncode == 0 and calls == "make test\n" and "make conformance) cannot run" in proc.stdout
+    (tmp_path / "shared" / "data" / "dev").mkdir(parents=True)
+    log.unlink()
+    proc, calls = run()
+    assert proc.returncode == 0 and calls == "make test\nmake conformance\n"
+    stub(bin_, "make", f'echo "make $*" >> {log}; [ "$1" != conformance ]')  # a conformance failure fails CI
+    proc, _ = run()
+    assert proc.returncode != 0

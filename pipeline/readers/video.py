@@ -166,6 +166,7 @@ def _limits(options: dict[str, Any]) -> dict[str, Any]:
 class _VideoJsonl(JsonlReader):
     suffixes = JSONL_EXTENSIONS
     options = OPTIONS
+    media_rereadable = False  # frames are decoded from the video: the work files keep them (pipeline/media.py)
 
     def rows_per_partition(self, spec: InputSpec) -> int:
         return int(spec.options.get("videos_per_partition", 4))
@@ -193,6 +194,7 @@ class _VideoJsonl(JsonlReader):
 
 class VideoReader:
     options = OPTIONS
+    media_rereadable = False  # frames are decoded from the video: the work files keep them (pipeline/media.py)
 
     def _check(self, spec: InputSpec) -> bool:
         """Validate; True for a jsonl input."""

@@ -1,7 +1,6 @@
 """Cleaning benchmark: images per second through image checks + near-duplicate hashing (issue 3, item 4).
 
-Run: ``.venv/bin/python tests/bench/bench_clean.py [--n 2000] [--data DIR] [--partition-rows 200]
-[--buckets 4]``
+Run: ``.venv/bin/python tests/bench/bench_clean.py [--n 2000] [--data DIR] [--partition-rows 200]``
 
 Data: ``--n`` photo-like JPEGs (default 2,000; seeded, so the same every run) of 640-2000 px a side, aspect
 ratios 1:1 to 16:9 both ways, JPEG quality 75-95 with 4:2:0 chroma, about 1.8 bits per pixel (web photos are
@@ -146,7 +145,7 @@ def start_ray(cpus: int) -> float:
     return seconds
 
 
-def run_vlcurate(jsonl: Path, out: Path, partition_rows: int, buckets: int) -> tuple[float, dict]:
+def run_vlcurate(jsonl: Path, out: Path, partition_rows: int) -> tuple[float, dict]:
     """``run_job`` with image_check + dedup (defaults) on the running Ray; returns (seconds, stats)."""
     from pipeline.recipe import parse_recipe
     from pipeline.runner import run_job
@@ -154,7 +153,6 @@ def run_vlcurate(jsonl: Path, out: Path, partition_rows: int, buckets: int) -> t
     raw = {
         "input": {"path": str(jsonl), "format": "jsonl", "partition_rows": partition_rows},
         "stages": {"image_check": {}, "dedup": {}},
-        "output": {"buckets": buckets},
     }
     recipe = parse_recipe(raw)
     t = time.perf_counter()
@@ -189,7 +187,6 @@ def main(argv: list[str] | None = None) -> None:
         default=200,
         help="rows per partition (default 200: 10 partitions for 2,000 images, 5 per core)",
     )
-    ap.add_argument("--buckets", type=int, default=4, help="output shard buckets (default 4)")
     args = ap.parse_args(argv)
     cpus = os.cpu_count() or 1
     jsonl = make_dataset(args.data, args.n, cpus)
@@ -219,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         with tempfile.TemporaryDirectory(prefix="bench-clean-") as tmp:
-            cold_s, stats = run_vlcurate(jsonl, Path(tmp) / "cold", args.partition_rows, args.buckets)
-            warm_s, _ = run_vlcurate(jsonl, Path(tmp) / "warm", args.partition_rows, args.buckets)
+            cold_s, stats = run_vlcurate(jsonl, Path(tmp) / "cold", args.partition_rows)
+            warm_s, _ = run_vlcurate(jsonl, Path(tmp) / "warm", args.partition_rows)
             mean_bits, max_bits = hash_agreement(Path(tmp) / "cold", naive_hashes)
     finally:
         ray.shutdown()

@@ -10,10 +10,12 @@ another quality and resized by 85-95%), 2% broken (a distinct JPEG cut at 30-70%
 4-12 plain English words. Written once under ``--data`` (default ``$TMPDIR/vlcurate-bench-scale``) and reused
 while ``GENERATOR_VERSION`` and N match.
 
-Compared at each size, interleaved (job, loop, job, loop, ...), each as a subprocess:
+Compared at each size, interleaved (job, job on Ray, loop, ...), each as a subprocess:
   vlcurate  ``.venv/bin/vlcurate run jobs/recipes/web_pairs.yaml -o OUT --input pairs.jsonl
-            --set stages.clip_score.enabled=false`` (image_check, caption_text, dedup; a fresh local Ray with
-            every core, Ray start included), Ray's temp folder redirected to a fresh folder (RAY_TMPDIR).
+            --set stages.clip_score.enabled=false`` (image_check, caption_text, dedup), ``--executor auto``:
+            up to 10,000 rows on local worker processes without Ray, above that a fresh local Ray with every
+            core (Ray start included), Ray's temp folder redirected to a fresh folder (RAY_TMPDIR).
+  vlcurate-ray  the same with ``--executor ray``: a fresh local Ray at every size.
   loop      this script with ``--loop``: a 2-process ``multiprocessing.Pool`` over the records: read the file,
             PIL full decode (``convert("RGB")``), the image_check limits of the recipe (file size, min side
             64 px, aspect ratio 3, decompression bomb, truncated/undecodable), the recipe's caption_text
@@ -279,12 +281,12 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, An
     return {"wall": wall, "pss_mib": peak["pss_kib"] / 1024, "procs": peak["procs"], "rc": rc}
 
 
-def run_vlcurate(jsonl: Path, scratch: Path, num_cpus: int | None) -> dict[str, Any]:
+def run_vlcurate(jsonl: Path, scratch: Path, num_cpus: int | None, executor: str = "auto") -> dict[str, Any]:
     out, raytmp = scratch / "vl_out", Path(tempfile.mkdtemp(prefix="vlcb-"))  # short: Ray's socket paths
     env = {**os.environ, "RAY_TMPDIR": str(raytmp), "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(ROOT / ".venv" / "bin" / "vlcurate"), "run", str(RECIPE), "-o", str(out), "--input", str(jsonl),
-           "--set", "stages.clip_score.enabled=false"]
+           "--set", "stages.clip_score.enabled=false", "--executor", executor]
     if num_cpus:
         cmd += ["--num-cpus", str(num_cpus)]
     res = run_measured(cmd, env, scratch / "vlcurate.log")
@@ -325,6 +327,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per tool and size; the median is shown")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vlcurate-bench-scale"))
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for vlcurate's local Ray (default: all)")
+    ap.add_argument("--tools", default="vlcurate,vlcurate-ray,loop",
+                    help="vlcurate (--executor auto: local processes up to 10,000 rows, else Ray), vlcurate-ray "
+                         "(--executor ray: always a fresh local Ray), loop")
     ap.add_argument("--loop", nargs=2, metavar=("JSONL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.loop:
@@ -349,17 +354,21 @@ def main() -> None:
         planted = {k: 0 for k in "uxnb"}
         for line in jsonl.read_text().splitlines():
             planted[json.loads(line)["planted"]] += 1
-        runs: dict[str, list[dict[str, Any]]] = {"vlcurate": [], "loop": []}
+        tools = args.tools.split(",")
+        runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
         for r in range(args.repeats):
-            for tool in ("vlcurate", "loop"):
+            for tool in tools:
                 scratch = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-", dir=data_root))
-                res = run_vlcurate(jsonl, scratch, args.num_cpus) if tool == "vlcurate" else run_loop(jsonl, scratch)
+                if tool == "loop":
+                    res = run_loop(jsonl, scratch)
+                else:
+                    res = run_vlcurate(jsonl, scratch, args.num_cpus, "ray" if tool == "vlcurate-ray" else "auto")
                 shutil.rmtree(scratch, ignore_errors=True)
                 runs[tool].append(res)
-                print(f"  n={n} run {r + 1} {tool:8s} {res['wall']:7.1f} s  kept {res['kept']}  "
+                print(f"  n={n} run {r + 1} {tool:12s} {res['wall']:7.1f} s  kept {res['kept']}  "
                       f"peak PSS {res['pss_mib']:.0f} MiB ({res['procs']} processes)  written "
                       f"{res['written'] / 2**20:.1f} MiB  drops {res['reasons']}{res.get('note', '')}", flush=True)
-        loop_wall = statistics.median(x["wall"] for x in runs["loop"])
+        loop_wall = statistics.median(x["wall"] for x in runs["loop"]) if runs.get("loop") else float("nan")
         for tool, rs in runs.items():
             wall = statistics.median(x["wall"] for x in rs)
             rows.append((n, tool, wall, n / wall, rs[-1]["kept"], statistics.median(x["pss_mib"] for x in rs),

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DEV = Path(os.environ.get("VLCURATE_DEV_DATA", "/work/shared/data/dev"))
+DEV = Path(os.environ.get("VLCURATE_DEV_DATA", REPO.parent / "shared" / "data" / "dev"))
 EXPORTS = "output.exports=[llamafactory,swift,hf]"
 
 # name -> (recipe, input path, --set overrides)
@@ -33,6 +33,9 @@ JOBS: dict[str, tuple[str, str, list[str]]] = {
 
 
 def main(out: str) -> int:
+    if not DEV.is_dir():
+        print(f"conformance: the shared dev data is not at {DEV} (set VLCURATE_DEV_DATA)", file=sys.stderr)
+        return 2
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     (root / "video").mkdir(exist_ok=True)  # a jsonl's videos must lie under its folder

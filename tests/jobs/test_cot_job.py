@@ -133,7 +133,7 @@ def test_planted_candidates_sft_dpo_regen_and_resume(ray_local, tmp_path, capsys
     (tmp_path / "elsewhere").rename(tmp_path / "weights")
     steps = [s.name for s in plan_steps(recipe)]
     later = steps[steps.index(next(s for s in steps if s.endswith("cot_generate"))) + 1:]
-    for name in [*later, "decisions", "buckets", "keep", "shards", "complete.json"]:
+    for name in [*later, "decisions", "shards", "complete.json"]:
         path = first / "_work" / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     for name in ("stats.json", "candidates.parquet", "manifest.parquet", "rejects.parquet"):

@@ -7,6 +7,7 @@ kills exactly the worker that is inside a step (never a guess by process name)."
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import tarfile
@@ -19,6 +20,7 @@ import pytest
 import ray
 
 from filters.base import Batch, Params, Stage
+from pipeline.raymap import local_executor
 from pipeline.recipe import parse_recipe
 from pipeline.runner import plan_steps, run_job
 from pipeline.storage import Store
@@ -92,8 +94,7 @@ def demo_recipe(partition_rows: int = 3, **probe) -> dict:
                       "image_column": "image", "text_column": "caption", "partition_rows": partition_rows},
             "stages": {"image_check": {"min_side_px": 64, "max_aspect_ratio": 3.0},
                        "caption_check": {"min_chars": 3},
-                       "probe": {"use": "tests.jobs.test_faults:Probe", **probe}},
-            "output": {"buckets": 4}}
+                       "probe": {"use": "tests.jobs.test_faults:Probe", **probe}}}
 
 
 def kill_when_held(pid_file: Path, timeout: float = 300) -> int:
@@ -103,7 +104,9 @@ def kill_when_held(pid_file: Path, timeout: float = 300) -> int:
         time.sleep(0.1)
     pid = int(pid_file.read_text())
     proc = psutil.Process(pid)
-    assert proc.pid != os.getpid() and "ray" in " ".join(proc.cmdline()).lower()  # a Ray worker, not us
+    ray_worker = "ray" in " ".join(proc.cmdline()).lower()
+    local_worker = os.getpid() in [p.pid for p in proc.parents()]  # a process of our local executor
+    assert proc.pid != os.getpid() and (ray_worker or local_worker)  # a worker, not us
     os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=30)
     return pid
@@ -117,6 +120,50 @@ def run_with_a_kill(raw: dict, out: Path, pid_file: Path):
     result = run_job(parse_recipe(raw), str(out), log=lambda m: None)
     killer.join()
     return result, killed[0]
+
+
+def test_a_killed_local_worker_costs_nothing(tmp_path):
+    """The local executor (small jobs without Ray): a worker process killed mid-step is replaced, its
+    partitions run again, and the output equals a clean Ray run's."""
+    pid_file = tmp_path / "pid"
+    out = tmp_path / "killed"
+    with local_executor(2):
+        result, pid = run_with_a_kill(demo_recipe(pid_file=str(pid_file)), out, pid_file)
+    assert not psutil.pid_exists(pid)
+    assert result.skipped_partitions == 0 and result.stats["kept"] == 4
+    clean = tmp_path / "clean"
+    with local_executor(2):
+        run_job(parse_recipe(demo_recipe()), str(clean), log=lambda m: None)
+    assert job_output(str(out)) == job_output(str(clean))
+
+
+def test_each_image_is_written_once_and_ray_and_local_agree(ray_local, tmp_path):
+    """With a global stage (dedup) between the read and the shards, no work file holds image bytes: the
+    last step reads them from the input again and writes them into the shards, once. The same job on local
+    processes gives the same output."""
+    raw = demo_recipe()
+    raw["stages"]["dedup"] = {}
+    on_ray = tmp_path / "ray"
+    result = run_job(parse_recipe(raw), str(on_ray), log=lambda m: None, keep_work=True)
+    steps = [s.name for s in plan_steps(parse_recipe(raw))]
+    assert len(steps) == 2  # read ... dedup scores | dedup decision, write
+    work = Store(str(on_ray)).read_folder("_work", steps[0])
+    kept = [r for r in work.to_pylist() if r["drop_stage"] is None]
+    # an image the image check re-encoded (EXIF rotation, palette ...) is new bytes: that one stays
+    made = [r for r in kept if "normalised" in json.loads(r["meta"])]
+    assert len(made) < len(kept)
+    assert all(r["images"] == [] and r["_image_refs"] == [0] for r in kept if r not in made)
+    assert all(len(r["images"]) == 1 and r["_image_refs"] is None for r in made)
+    shard_images = [data for name, members in job_output(str(on_ray)).items() if name.startswith("shard-")
+                    for member, data in members if member.endswith((".jpg", ".png"))]
+    assert len(shard_images) == result.stats["kept"] == 4
+    sizes = result.stats["bytes"]
+    assert sizes["written"] < 1.3 * sizes["media_read"]
+    assert sizes["written"] > sum(len(b) for b in shard_images)  # counted: the shards are part of it
+    local = tmp_path / "local"
+    with local_executor(2):
+        run_job(parse_recipe(raw), str(local), log=lambda m: None, keep_work=True)
+    assert job_output(str(local)) == job_output(str(on_ray))
 
 
 def test_a_killed_task_worker_costs_nothing(ray_local, tmp_path):

@@ -87,7 +87,7 @@ def test_dropped_rows_keep_a_capped_deterministic_sample_of_thumbnails(job):
     kept = thumbs.load(Store(str(job)))
     clip = [r["id"] for r in rejects if r["drop_reason"] == "clip_score_low"]
     assert len(clip) > thumbs.PER_REASON  # the cap matters
-    # dropped in the trailing decision step (no bytes there): read back from the scattered buckets
+    # dropped in the last step, which read the bytes from the input again
     chosen = [t["id"] for t in kept[("clip_score", "clip_score_low")]]
     assert chosen == sorted(clip, key=thumbs.rank)[: thumbs.PER_REASON]
     caption_reasons = {(r["drop_stage"], r["drop_reason"]) for r in rejects if r["drop_stage"] == "caption_text"}

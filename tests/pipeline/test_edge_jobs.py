@@ -26,7 +26,7 @@ def write(tmp_path: Path, lines: list[str]) -> Path:
 
 def run(path: Path, out: Path, **input_kw):
     raw = {"input": {"path": str(path), "partition_rows": 2, **input_kw},
-           "stages": {"image_check": {"min_side_px": 16}, "dedup": {}}, "output": {"buckets": 8}}
+           "stages": {"image_check": {"min_side_px": 16}, "dedup": {}}}
     return run_job(parse_recipe(raw), str(out), log=lambda m: None)
 
 

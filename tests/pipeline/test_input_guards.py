@@ -268,7 +268,7 @@ def test_job_keeps_escaping_images_and_huge_captions_out_of_the_shards(ray_local
     with (escaping_dataset / "d.jsonl").open("a") as f:
         f.write(json.dumps({"image": "imgs/ok.png", "caption": "big " * 20_000}) + "\n")
     raw = {"input": {"path": str(escaping_dataset / "d.jsonl"), "partition_rows": 3},
-           "stages": {"image_check": {"min_side_px": 16}}, "output": {"buckets": 2}}
+           "stages": {"image_check": {"min_side_px": 16}}}
     out = tmp_path / "out"
     run_job(parse_recipe(raw), str(out), log=lambda m: None)
     kept = pq.read_table(out / "manifest.parquet").to_pylist()

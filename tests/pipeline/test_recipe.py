@@ -17,7 +17,9 @@ def base():
         (lambda r: r.update(ouput={}), "ouput: unknown key (allowed: format, input, output, pack, stages)"),
         (lambda r: r["input"].pop("path"), "input.path: required key is missing"),
         (lambda r: r["stages"]["image_check"].update(enabled="maybe"), "stages.image_check.enabled"),
-        (lambda r: r["output"] if "output" in r else r.update(output={"buckets": 0}), "output.buckets"),
+        (lambda r: r.update(output={"shard_bytes": "lots"}), "output.shard_bytes"),
+        # shards follow the partitions since issue 16: the old bucket count is refused, not ignored
+        (lambda r: r.update(output={"buckets": 16}), "output.buckets: unknown key"),
     ],
 )
 def test_bad_recipes_give_one_line(mutate, message):
@@ -42,10 +44,10 @@ def test_set_overrides_and_disable(tmp_path):
     path.write_text("input: {path: a.jsonl, format: jsonl}\nstages:\n  image_check: {min_side_px: 64}\n"
                     "  caption_check: {}\n")
     r = load_recipe(str(path), ["stages.image_check.min_side_px=128", "stages.caption_check.enabled=false",
-                                "output.buckets=8"], input_path="b.jsonl")
+                                "output.shard_bytes=1GB"], input_path="b.jsonl")
     assert [s.key for s in r.stages] == ["image_check"]
     assert r.stages[0].params.min_side_px == 128
-    assert r.model.output.buckets == 8 and r.input.path == "b.jsonl"
+    assert r.model.output.shard_bytes == 10**9 and r.input.path == "b.jsonl"
     with pytest.raises(RecipeError, match="--set"):
         load_recipe(str(path), ["nonsense"])
 

@@ -29,7 +29,6 @@ def test_killed_job_resumes(ray_local, tmp_path):
         "stages": {"image_check": {}, "slow": {"use": "tests.pipeline.custom_stages:SlowLog", "log": str(log),
                                                 "seconds": 1.5},
                    "caption_check": {}},
-        "output": {"buckets": 3},
     }
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(raw, sort_keys=False))
