@@ -30,6 +30,8 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from filters.dedup import Dedup, _mix64, search_plan  # noqa: E402  (the repository root, put on the path)
+
 HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
@@ -46,11 +48,8 @@ def hex_column(words: list[np.ndarray]) -> pa.StringArray:
 
 
 def mix(x: np.ndarray, salt: int) -> np.ndarray:
-    """splitmix64 of ``x + salt``: 64 pseudo-random bits per value (a stand-in for SHA-256 words)."""
-    z = x.astype(np.uint64) + np.uint64(salt * 0x9E3779B97F4A7C15 % 2**64)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    """64 pseudo-random bits per value of ``x`` (splitmix64 of ``x + salt``): a stand-in for SHA-256 words."""
+    return _mix64(x.astype(np.uint64) + np.uint64(salt * 0x9E3779B97F4A7C15 % 2**64))
 
 
 def rss_mib() -> float:
@@ -61,8 +60,6 @@ def rss_mib() -> float:
 
 
 def one(n: int) -> dict:
-    from filters.dedup import Dedup, search_plan
-
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     phash = rng.integers(-(1 << 63), (1 << 63) - 1, size=n, dtype=np.int64)
