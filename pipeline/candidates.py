@@ -15,6 +15,7 @@ import hashlib
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -22,7 +23,9 @@ import pyarrow.compute as pc
 
 from filters.base import Stage
 from filters.cot import GENERATED, CotGenerate, CotSelect, CotVisual, candidate_row
-from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS
+from pipeline import media
+from pipeline.readers import Partition, reader_for
+from pipeline.schema import HEAVY_COLUMNS, JSON_COLUMNS, MEDIA_COLUMNS
 from pipeline.spec import Recipe, StageSpec
 from pipeline.storage import WORK, Store, is_remote
 from pipeline.tar import image_extension
@@ -102,8 +105,9 @@ class FrozenCandidates:
 # ---------------------------------------------------------------------------------------------- outputs
 
 
-def write(recipe: Recipe, store: Store, steps: list[Any], log: Any = print) -> None:
-    """`candidates.parquet` and `dpo/` of a job with a generate stage (nothing otherwise)."""
+def write(recipe: Recipe, store: Store, steps: list[Any], parts: list[Partition], log: Any = print) -> None:
+    """`candidates.parquet` and `dpo/` of a job with a generate stage (nothing otherwise); `parts` are the
+    job's input partitions (the DPO images are read from the input again: pipeline/media.py)."""
     gen = _spec(recipe, CotGenerate)
     if gen is None:
         return
@@ -132,7 +136,12 @@ def write(recipe: Recipe, store: Store, steps: list[Any], log: Any = print) -> N
     table = table.drop_columns([c for c in ("source",) if c in table.column_names])
     table = table.sort_by([("parent_id", "ascending"), ("cot_sample", "ascending")])
     store.write_parquet(table, CANDIDATES)
-    pairs = write_dpo(store, gen_step, table.to_pylist()) if "dpo_chosen" in table.column_names else 0
+    by_name = {p.name: p for p in parts}
+
+    def read_part(name: str) -> list[dict[str, Any]]:
+        return reader_for(recipe.input).read(recipe.input, by_name[name])
+
+    pairs = write_dpo(store, gen_step, table.to_pylist(), read_part) if "dpo_chosen" in table.column_names else 0
     log(f"[vlcurate] {len(table)} candidate(s) in {CANDIDATES}; {pairs} DPO pair(s) in {DPO}/")
 
 
@@ -141,14 +150,16 @@ def _no_null_types(table: pa.Table) -> pa.Table:
                                  for f in table.schema]))
 
 
-def write_dpo(store: Store, gen_step: str, candidates: list[dict[str, Any]]) -> int:
+def write_dpo(store: Store, gen_step: str, candidates: list[dict[str, Any]],
+              read_part: Callable[[str], list[dict[str, Any]]] | None = None) -> int:
     """`dpo/data.jsonl` (LLaMA-Factory's sharegpt preference form, with `dataset_info.json`), `dpo/trl.jsonl`
     (TRL's conversational preference form: prompt / chosen / rejected / images; the prompt's content a list of
     image and text parts when any pair has an image, else a string) and `dpo/images/` (named by content hash,
-    paths relative to `dpo/` in data.jsonl, absolute in trl.jsonl for a local job folder)."""
+    paths relative to `dpo/` in data.jsonl, absolute in trl.jsonl for a local job folder). `read_part(PART)`
+    reads an input partition again, for images the step files hold by reference."""
     by_id = {c["id"]: c for c in candidates}
     pairs = [(by_id[c["dpo_chosen"]], c) for c in candidates if c.get("dpo_chosen")]
-    images = _images(store, gen_step, {chosen["id"] for chosen, _ in pairs})
+    images = _images(store, gen_step, {chosen["id"] for chosen, _ in pairs}, read_part)
     store.delete_dir(DPO)
     lf, trl, written = [], [], set()
     base = "" if is_remote(store.uri) else store.path(DPO) + "/"
@@ -189,16 +200,21 @@ def write_dpo(store: Store, gen_step: str, candidates: list[dict[str, Any]]) -> 
     return len(pairs)
 
 
-def _images(store: Store, step: str, ids: set[str]) -> dict[str, list[bytes]]:
-    """The image bytes of these candidates, from the generate step's partition files."""
+def _images(store: Store, step: str, ids: set[str],
+            read_part: Callable[[str], list[dict[str, Any]]] | None) -> dict[str, list[bytes]]:
+    """The image bytes of these candidates, from the generate step's partition files (or, where those hold
+    them by reference, from the input)."""
     out: dict[str, list[bytes]] = {}
     for name in store.list(WORK, step):
         if ids and name.endswith(".parquet"):
-            part = store.read_parquet(WORK, step, name, columns=["id", "images"])
+            part = store.read_parquet(WORK, step, name, columns=["id", "images", *MEDIA_COLUMNS])
             if "images" not in part.column_names:
                 continue
-            part = part.filter(pc.is_in(part["id"], pa.array(sorted(ids), pa.string())))
-            for row in part.to_pylist():
+            rows = part.filter(pc.is_in(part["id"], pa.array(sorted(ids), pa.string()))).to_pylist()
+            part_name = name.removesuffix(".parquet")
+            if read_part is not None:
+                media.restore(rows, lambda part_name=part_name: read_part(part_name), part_name)
+            for row in rows:
                 out[row["id"]] = [bytes(b) for b in row["images"] or []]
     return out
 

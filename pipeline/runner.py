@@ -495,7 +495,7 @@ def run_job(recipe: Recipe, out: str, log: Any = print, reuse_from: str | None =
     assert prev is not None
     writers.write_outputs(recipe, store, parts, inputs, prev, stats, log=log,
                           score_steps={o.key: s.name for s in steps for o in s.ops if o.kind == "score"})
-    candidates.write(recipe, store, steps, log=log)
+    candidates.write(recipe, store, steps, parts, log=log)
     stats_doc = writers.write_stats(store, recipe, stats, parts, skipped, time.perf_counter() - t_start)
     stats_doc = outdir.finish(store, [s.name for s in steps], keep_work, stats_doc)
     return JobResult(out, stats_doc, skipped)
