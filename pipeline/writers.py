@@ -38,6 +38,7 @@ from pipeline.spec import Recipe
 from pipeline.storage import WORK, Store, is_remote
 from pipeline.tar import image_extension, iter_entries, tar_bytes, write_tar
 
+SHARD_INDEX = pa.schema([("id", pa.string()), ("shard", pa.string())])
 PACKAGES = ("vlcurate", "ray", "pyarrow", "pillow", "webdataset", "transformers", "torch", "open_clip_torch")
 
 
@@ -89,7 +90,7 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 def write_partition_shards(store: Store, part: str, rows: list[dict[str, Any]],
                            shard_bytes: int | None) -> list[str]:
     """One partition's kept rows, sorted by id, as `shards/shard-PART.tar` (then `shard-PART_1.tar` ... when
-    `shard_bytes` is set and reached); `_work/shards/PART.json` lists [id, shard name] for the manifest."""
+    `shard_bytes` is set and reached); `_work/shards/PART.parquet` (id, shard) for the manifest."""
     rows = sorted(rows, key=lambda r: r["id"])
     scores = sorted({k for r in rows for k in r if k not in NOT_SCORES and not k.startswith("_")})
     pieces: list[list[dict[str, Any]]] = [[]]
@@ -101,17 +102,23 @@ def write_partition_shards(store: Store, part: str, rows: list[dict[str, Any]],
             size = 0
         pieces[-1].append(row)
         size += n
-    index, names = [], []
+    index: dict[str, list[str]] = {"id": [], "shard": []}
+    names = []
     for k, piece in enumerate(pieces):
         if not piece:
             continue
         name = f"shard-{part}.tar" if k == 0 else f"shard-{part}_{k}.tar"
         with store.open_atomic("shards", name) as f:
             write_tar(f, shard_samples(piece, scores))
-        index.extend([r["id"], name] for r in piece)
+        index["id"].extend(r["id"] for r in piece)
+        index["shard"].extend([name] * len(piece))
         names.append(name)
-    store.write_bytes(json.dumps(index).encode(), WORK, "shards", f"{part}.json")
+    store.write_parquet(pa.table(index, schema=SHARD_INDEX), WORK, "shards", f"{part}.parquet")
     return names
+
+
+def concat_tables(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
 def remove_from_shards(store: Store, names: list[str], ids: set[str]) -> None:
@@ -231,29 +238,26 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: 
                   stats: dict[str, Any], log: Any = print, score_steps: dict[str, str] | None = None) -> None:
     """Shards, manifest, rejects, packs, job.json, exports. `score_steps` (stage key -> the step whose work
     files hold that stage's scores under the ids it scored) goes into job.json for regen-sft."""
-    table = _final_tables(store, step)
-    index = [entry for p in parts for entry in json.loads(store.read_bytes(WORK, "shards", f"{p.name}.json"))]
-    shard_of = dict(index)
-    table = reject_duplicate_ids(table)
+    table = reject_duplicate_ids(_final_tables(store, step))
+    index = concat_tables([store.read_parquet(WORK, "shards", f"{p.name}.parquet") for p in parts], SHARD_INDEX)
     kept_mask = pc.is_null(table["drop_stage"])
-    shared = set(pc.filter(table["id"], pc.invert(kept_mask)).to_pylist()) & set(shard_of)
-    if shared:  # an id that several records share: already in their shards, now rejected
-        remove_from_shards(store, sorted({name for i, name in index if i in shared}), shared)
-        for i in shared:
-            del shard_of[i]
+    shared = pc.is_in(index["id"], value_set=pc.filter(table["id"], pc.invert(kept_mask)).combine_chunks())
+    if pc.any(shared).as_py():  # an id that several records share: already in their shards, now rejected
+        gone = index.filter(shared)
+        remove_from_shards(store, sorted(set(gone["shard"].to_pylist())), set(gone["id"].to_pylist()))
+        index = index.filter(pc.invert(shared))
     kept = table.filter(kept_mask).sort_by("id")
     rejected = table.filter(pc.invert(kept_mask)).sort_by("id")
     scores = score_columns(table.schema)
-    ids = kept["id"].to_pylist()
+    shard = index["shard"].combine_chunks().take(pc.index_in(kept["id"], value_set=index["id"].combine_chunks()))
+    if shard.null_count:
+        first = kept["id"][pc.index(pc.is_null(shard), True).as_py()].as_py()
+        raise RuntimeError(f"{shard.null_count} kept rows have no shard (first {first}): rerun the job")
     manifest = pa.table({
-        "id": kept["id"], "parent_id": kept["parent_id"],
-        "shard": pa.array([shard_of.get(i) for i in ids], pa.string()),
+        "id": kept["id"], "parent_id": kept["parent_id"], "shard": shard,
         "key": kept["id"], "source": kept["source"], "text": kept["text"],
         **{s: kept[s] for s in scores},
     })
-    missing = [i for i in ids if i not in shard_of]
-    if missing:
-        raise RuntimeError(f"{len(missing)} kept rows have no shard (first {missing[0]}): rerun the job")
     rejects = pa.table({
         "id": rejected["id"], "parent_id": rejected["parent_id"], "source": rejected["source"],
         "drop_stage": rejected["drop_stage"], "drop_reason": rejected["drop_reason"], "text": rejected["text"],

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.tar import iter_entries
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_IMAGES = REPO / "jobs" / "demo_data" / "images"
 
@@ -154,3 +156,13 @@ def near_copies(data: bytes) -> dict[str, bytes]:
         "crop_2pct": encode(im.crop((dx, dy, w - dx, h - dy)), "JPEG", quality=90),
         "brighter_10pct": encode(ImageEnhance.Brightness(im).enhance(1.1), "JPEG", quality=90),
     }
+
+
+def samples_in(tars: list[Path]) -> dict[str, dict[str, bytes]]:
+    """Every sample of these webdataset tars: key -> {suffix: bytes} (a key.suffix written twice fails)."""
+    out: dict[str, dict[str, bytes]] = {}
+    for tar in tars:
+        for key, suffix, data in iter_entries(tar.read_bytes()):
+            assert suffix not in out.setdefault(key, {}), f"{key}.{suffix} written twice"
+            out[key][suffix] = data
+    return out

@@ -13,8 +13,8 @@ from PIL import Image
 
 from pipeline.recipe import parse_recipe
 from pipeline.runner import run_job
-from pipeline.tar import iter_entries
 from tests import media
+from tests.media import samples_in
 
 pytestmark = pytest.mark.slow
 
@@ -91,15 +91,6 @@ def test_determinism_across_partitioning(ray_local, mixed, mixed_run, tmp_path):
     assert pq.read_table(out1 / "rejects.parquet").equals(pq.read_table(out2 / "rejects.parquet"))
     m1, m2 = (pq.read_table(o / "manifest.parquet") for o in (out1, out2))
     assert m1.drop_columns(["shard"]).equals(m2.drop_columns(["shard"]))
-
-
-def samples_in(tars: list[Path]) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    for tar in tars:
-        for key, suffix, data in iter_entries(tar.read_bytes()):
-            assert suffix not in out.setdefault(key, {}), f"{key}.{suffix} written twice"
-            out[key][suffix] = data
-    return out
 
 
 def test_global_and_expand_stages(ray_local, mixed, tmp_path):
