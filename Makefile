@@ -22,7 +22,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf demo_out demo_out_ocr
-	$(PY) -m jobs.run jobs/recipes/demo.yaml -o demo_out
+	$(PY) -m jobs.run jobs/recipes/demo.yaml -o demo_out --executor ray
 	$(PY) -m jobs.run jobs/recipes/ocr.yaml -o demo_out_ocr
 
 test: $(STAMP)

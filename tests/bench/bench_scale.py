@@ -7,7 +7,8 @@ Data: per size N, seeded synthetic web pairs in the layout ``jobs/recipes/web_pa
 with ``image`` paths relative to it and a ``caption``; JPEGs of 76-160 px a side, quality 70-95, a few KiB):
 5% exact duplicates (the same bytes in another file, another caption), 5% near duplicates (re-encoded at
 another quality and resized by 85-95%), 2% broken (a distinct JPEG cut at 30-70% of its bytes); captions are
-4-12 plain English words. Written once under ``--data`` (default ``$TMPDIR/vlcurate-bench-scale``) and reused
+4-12 plain English words; ``--photo``: 480-1280 px a side instead (photo-sized, 30-150 KiB, where decoding
+costs what it costs on web pairs). Written once under ``--data`` (default ``$TMPDIR/vlcurate-bench-scale``) and reused
 while ``GENERATOR_VERSION`` and N match.
 
 Compared at each size, interleaved (job, job on Ray, loop, ...), each as a subprocess:
@@ -76,11 +77,14 @@ WORDS = ("red blue green small large old new wooden stone bright dark happy quie
 
 # ---------------------------------------------------------------- data
 
-def _picture(rng: np.random.Generator) -> Image.Image:
+SMALL, PHOTO = (76, 161), (480, 1281)  # picture sides in px: the default, and --photo
+
+
+def _picture(rng: np.random.Generator, sides: tuple[int, int] = SMALL) -> Image.Image:
     """A small photo-like picture: a smooth random colour field, a few filled shapes, some grain. The field
     has 5-8 cells a side: with 2-4, distinct pictures fell within 8 pHash bits of each other (33 pairs in
     5,000), with 5-8 none did."""
-    w, h = int(rng.integers(76, 161)), int(rng.integers(76, 161))
+    w, h = int(rng.integers(*sides)), int(rng.integers(*sides))
     field = rng.uniform(20, 235, (int(rng.integers(5, 9)), int(rng.integers(5, 9)), 3)).astype(np.uint8)
     im = Image.fromarray(field, "RGB").resize((w, h), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(im)
@@ -103,22 +107,22 @@ def _caption(rng: np.random.Generator) -> str:
     return "a " + " ".join(rng.choice(WORDS, int(rng.integers(4, 13))).tolist())
 
 
-def _make_one(job: tuple[int, str, int, int]) -> tuple[bytes, str]:
+def _make_one(job: tuple[int, str, int, int, tuple[int, int]]) -> tuple[bytes, str]:
     """(JPEG bytes, caption) of row ``i``: kind 'u' a distinct picture, 'x' an exact copy of distinct picture
     ``src``, 'n' a near copy of it, 'b' a distinct picture cut short."""
-    seed, kind, src, i = job
+    seed, kind, src, i, sides = job
     rng = np.random.default_rng([seed, i])
     caption = _caption(rng)
     if kind in "xn":
         rng_src = np.random.default_rng([seed, src])
         _caption(rng_src)
-        im, quality = _picture(rng_src), int(rng_src.integers(70, 96))
+        im, quality = _picture(rng_src, sides), int(rng_src.integers(70, 96))
         if kind == "x":
             return _jpeg(im, quality), caption
         scale = float(rng.uniform(0.85, 0.95))
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
         return _jpeg(im, 165 - quality), caption
-    data = _jpeg(_picture(rng), int(rng.integers(70, 96)))
+    data = _jpeg(_picture(rng, sides), int(rng.integers(70, 96)))
     return (data[: int(len(data) * rng.uniform(0.3, 0.7))] if kind == "b" else data), caption
 
 
@@ -137,18 +141,19 @@ def plan_rows(n: int, seed: int = 0) -> list[tuple[int, str, int, int]]:
     return rows
 
 
-def make_data(root: Path, n: int) -> Path:
-    """The size-n data set under root (reused when complete); returns its jsonl."""
-    folder = root / f"n{n}-v{GENERATOR_VERSION}"
+def make_data(root: Path, n: int, photo: bool = False) -> Path:
+    """The size-n data set under root (reused when complete); returns its jsonl. `photo`: pictures of
+    480-1280 px a side (about 30-150 KiB) instead of 76-160 px (a few KiB)."""
+    folder = root / f"n{n}-v{GENERATOR_VERSION}{'-photo' if photo else ''}"
     jsonl = folder / "pairs.jsonl"
     if jsonl.exists():
         return jsonl
     shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
-    rows = plan_rows(n)
+    rows = [(*r, PHOTO if photo else SMALL) for r in plan_rows(n)]
     lines = []
     with Pool(os.cpu_count()) as pool:
-        for (_, kind, _, i), (data, caption) in zip(rows, pool.imap(_make_one, rows, chunksize=256), strict=True):
+        for (_, kind, _, i, _), (data, caption) in zip(rows, pool.imap(_make_one, rows, chunksize=64), strict=True):
             rel = f"images/{i // 1000:04d}/{i:07d}.jpg"
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(data)
@@ -325,6 +330,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="2000,10000", help="comma-separated row counts (e.g. 2000,10000,50000,200000)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per tool and size; the median is shown")
+    ap.add_argument("--photo", action="store_true", help="pictures of 480-1280 px a side (default 76-160 px)")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vlcurate-bench-scale"))
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for vlcurate's local Ray (default: all)")
     ap.add_argument("--tools", default="vlcurate,vlcurate-ray,loop",
@@ -349,7 +355,7 @@ def main() -> None:
           flush=True)
     rows = []
     for n in sizes:
-        jsonl = make_data(data_root, n)
+        jsonl = make_data(data_root, n, args.photo)
         input_bytes = tree_bytes(jsonl.parent)
         planted = {k: 0 for k in "uxnb"}
         for line in jsonl.read_text().splitlines():
