@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import platform
 from collections.abc import Iterator
 from importlib import metadata
@@ -275,16 +276,12 @@ def write_outputs(recipe: Recipe, store: Store, parts: list[Partition], inputs: 
     # not sort_keys: the stages mapping is the run order, and regen-sft reads it back
     store.write_bytes(json.dumps(job, indent=2).encode(), "job.json")
     if recipe.model.output.exports:
-
         log(f"[vlcurate] exporting for {', '.join(recipe.model.output.exports)}")
         export_all(store.uri, recipe.model.output.exports)
 
 
 def input_location(path: str) -> str:
     """The input as a path that works from any directory (regen-sft reads it again)."""
-    import os
-
-
     return path if is_remote(path) else os.path.abspath(path)
 
 
