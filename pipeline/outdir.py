@@ -56,8 +56,8 @@ def is_complete(store: Store) -> bool:
 
 def finish(store: Store, steps: list[str], keep_work: bool, stats: dict[str, Any]) -> dict[str, Any]:
     """Mark the job complete (a rerun then does nothing); unless `keep_work`, strip what only a resume needs
-    from `_work/`: the image bytes and token arrays of every step's partition files (ids, scores and
-    decisions stay: that is what `regen-sft` reads) and the shard buckets. The sizes go into stats.json:
+    from `_work/`: image bytes, token arrays and media references left in step files (ids, scores and
+    decisions stay: that is what `regen-sft` reads) and the pack members. The sizes go into stats.json:
     ``work`` (``_work`` before and after the clean-up) and ``bytes``: the media bytes the read step loaded
     (images, video frames), every byte the job wrote (the folder before the clean-up) and their ratio."""
     before, written = store.size(WORK), store.size()

@@ -5,7 +5,10 @@ fuse into one task per partition; a stage that holds a model gets a step of its 
 (`setup()` once per actor, `num_gpus` from the stage). A global stage ends a step: its scores are written
 per partition, one decision is taken over the id + score columns of the whole dataset, and the next step
 applies it. Each step writes `_work/STEP/PART.parquet` then `_work/STEP/PART.done` (the completion marker,
-holding that partition's per-stage counts); a rerun skips the partitions already done.
+holding that partition's per-stage counts); a rerun skips the partitions already done. Step files hold no
+image bytes the input holds (pipeline/media.py puts them back from the input); the last step writes each
+partition's kept samples into its shards (`write`). `ray_map` runs the steps on Ray, or on local processes
+for a small job (pipeline/raymap.py).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class RecipeModel(Section):
 
 
 COMMON_STAGE_KEYS = ("enabled", "use", "actors")
-RESERVED_STAGE_KEYS = ("read", "format", "pack", "scatter")
+RESERVED_STAGE_KEYS = ("read", "format", "pack", "write")  # the runner's own steps (stats.json keys)
 
 
 @dataclass

@@ -79,7 +79,7 @@ def test_pack_without_format_is_an_error():
 
 
 def test_reserved_stage_names_and_section_keys():
-    for name in ("read", "pack", "scatter", "format"):
+    for name in ("read", "pack", "write", "format"):
         raw = base()
         raw["stages"][name] = {"use": "caption_check"}
         with pytest.raises(RecipeError, match=f"stages.{name}: the name '{name}' is reserved"):
